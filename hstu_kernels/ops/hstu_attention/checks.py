@@ -1,0 +1,152 @@
+"""Argument checks for ``hstu_attention``: clear ``TypeError``/``ValueError`` naming the argument.
+
+Shape, dtype and device checks cost nothing. Checks on tensor values (offsets, targets, positions, timestamps,
+boundaries) are computed on the tensors' device and read back in one host synchronisation; that same read
+returns the batch's longest sequence, which the backends need anyway.
+"""
+
+from typing import Optional
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _tensor(name, x, *, dims, dtypes, device, kind):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must be {kind} ({names}), got {str(x.dtype).replace('torch.', '')}")
+    if x.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but q is on {device}: all tensors must share one device")
+
+
+def check_hstu_attention_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float,
+    scale: Optional[float],
+    timestamps: Optional[torch.Tensor],
+    query_timestamps: Optional[torch.Tensor],
+    pos_weight: Optional[torch.Tensor],
+    time_weight: Optional[torch.Tensor],
+    time_boundaries: Optional[torch.Tensor],
+    num_targets: Optional[torch.Tensor],
+    max_attn_len: int,
+    check_values: bool = True,
+) -> Optional[int]:
+    """Validate every argument of ``hstu_attention``; return the longest sequence length (None if not checked)."""
+    _tensor("q", q, dims=3, dtypes=FLOAT_DTYPES, device=None, kind="a floating tensor")
+    dev = q.device
+    _tensor("k", k, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+    _tensor("v", v, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape [L, H, Dqk] = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"v must have shape [L, H, Dv] with q's L, H = {tuple(q.shape[:2])}, got {tuple(v.shape)}")
+    L, H = q.shape[0], q.shape[1]
+    _tensor("seq_offsets", seq_offsets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+    if seq_offsets.shape[0] < 1:
+        raise ValueError("seq_offsets must have B+1 >= 1 entries, got an empty tensor")
+    B = seq_offsets.shape[0] - 1
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+    if isinstance(max_attn_len, bool) or not isinstance(max_attn_len, int) or max_attn_len < 0:
+        raise ValueError(f"max_attn_len must be an int >= 0 (0: no window), got {max_attn_len!r}")
+    for name, x in (("alpha", alpha), ("scale", scale)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+
+    for name, x in (("timestamps", timestamps), ("query_timestamps", query_timestamps)):
+        if x is not None:
+            _tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor of seconds")
+            if x.shape[0] != L:
+                raise ValueError(f"{name} must have shape [L] = [{L}], got {tuple(x.shape)}")
+    if query_timestamps is not None and timestamps is None:
+        raise ValueError("query_timestamps needs timestamps (the keys' times) too")
+    if num_targets is not None:
+        _tensor("num_targets", num_targets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+        if num_targets.shape[0] != B:
+            raise ValueError(f"num_targets must have shape [B] = [{B}], got {tuple(num_targets.shape)}")
+    if pos_weight is not None:
+        _tensor("pos_weight", pos_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+        if pos_weight.shape[0] not in (1, H) or pos_weight.shape[1] != 2 * max_seq_len - 1:
+            raise ValueError(
+                f"pos_weight must have shape [Hb, 2 * max_seq_len - 1] = [1 or {H}, {2 * max_seq_len - 1}], "
+                f"got {tuple(pos_weight.shape)}"
+            )
+    if time_weight is not None:
+        _tensor("time_weight", time_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+        if timestamps is None or time_boundaries is None:
+            raise ValueError("time_weight needs timestamps and time_boundaries")
+    if time_boundaries is not None:
+        _tensor("time_boundaries", time_boundaries, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+        if time_weight is None:
+            raise ValueError("time_boundaries is given without time_weight")
+        nb = time_boundaries.shape[0]
+        if time_weight.shape[0] not in (1, H) or time_weight.shape[1] != nb + 1:
+            raise ValueError(
+                f"time_weight must have shape [Hb, len(time_boundaries) + 1] = [1 or {H}, {nb + 1}], "
+                f"got {tuple(time_weight.shape)}"
+            )
+    if not check_values:
+        return None
+
+    # every value check below is a device tensor; one .tolist() reads them all back
+    offsets = seq_offsets.to(torch.int64)
+    lengths = offsets[1:] - offsets[:-1]
+    zero = torch.zeros((), dtype=torch.bool, device=dev)
+    flags = {
+        "seq_offsets[0] != 0": offsets[0] != 0,
+        f"seq_offsets[-1] != L = {L}": offsets[-1] != L,
+        "seq_offsets decreases somewhere": (lengths < 0).any() if B > 0 else zero,
+    }
+    if num_targets is not None and B > 0:
+        t = num_targets.to(torch.int64)
+        flags["num_targets has a value < 0 or > its sequence's length"] = ((t < 0) | (t > lengths)).any()
+        top = torch.minimum(lengths - 1, lengths - t)
+    else:
+        top = lengths - 1
+    if B > 0:
+        flags[f"a position p(i) >= max_seq_len = {max_seq_len}"] = (top >= max_seq_len).any()
+    for name, x in (("timestamps", timestamps), ("query_timestamps", query_timestamps)):
+        if x is not None and L > 0:
+            flags[f"{name} has a negative value"] = (x < 0).any()
+    if time_boundaries is not None and time_boundaries.shape[0] > 1:
+        flags["time_boundaries is not sorted"] = (time_boundaries[1:] < time_boundaries[:-1]).any()
+    longest = lengths.max() if B > 0 else torch.zeros((), dtype=torch.int64, device=dev)
+    values = torch.stack([f.to(torch.int64) for f in flags.values()] + [longest]).tolist()
+    bad = [msg for msg, hit in zip(flags, values[:-1]) if hit]
+    if bad:
+        detail = _explain(bad[0], offsets, lengths, num_targets, max_seq_len)
+        raise ValueError(f"hstu_attention: {bad[0]}{detail}")
+    return int(values[-1])
+
+
+def _explain(msg, offsets, lengths, num_targets, max_seq_len) -> str:
+    """Point at the first offending sequence: runs only on the error path, so its syncs cost nothing."""
+    if msg.startswith("seq_offsets decreases"):
+        b = int(torch.nonzero(lengths < 0)[0])
+        return f" (seq_offsets[{b}] = {int(offsets[b])} > seq_offsets[{b + 1}] = {int(offsets[b + 1])})"
+    if msg.startswith("num_targets"):
+        t = num_targets.to(torch.int64)
+        b = int(torch.nonzero((t < 0) | (t > lengths))[0])
+        return f" (sequence {b}: length {int(lengths[b])}, num_targets {int(t[b])})"
+    if msg.startswith("a position"):
+        t = torch.zeros_like(lengths) if num_targets is None else num_targets.to(torch.int64)
+        b = int(torch.nonzero(torch.minimum(lengths - 1, lengths - t) >= max_seq_len)[0])
+        return (
+            f" (sequence {b}: length {int(lengths[b])}, num_targets {int(t[b])}; positions must stay below "
+            "max_seq_len: n <= max_seq_len without targets, n - num_targets < max_seq_len with them)"
+        )
+    return ""
