@@ -57,7 +57,10 @@ def _format(reasons: Dict[str, List[str]]) -> str:
 
 
 def choose_backend(backend: str, q, k, v, pos_weight=None, time_weight=None, time_boundaries=None) -> str:
-    """Resolve ``backend`` ("auto", "fast", or a name) to a backend that can take the inputs, or raise."""
+    """Resolve ``backend`` to a backend that can take the inputs, or raise a ``ValueError`` with every reason.
+
+    ``"fast"`` (for fused blocks, not accepted by ``hstu_attention``) means the fastest fast backend.
+    """
     if backend not in BACKENDS and backend != "fast":
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     reasons = backend_reasons(q, k, v, pos_weight, time_weight, time_boundaries)
@@ -120,6 +123,8 @@ def hstu_attention(
     Returns:
         ``[L, H, Dv]`` in q's dtype.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     longest = check_hstu_attention_args(
         q, k, v, seq_offsets, max_seq_len, alpha=alpha, scale=scale, timestamps=timestamps,
         query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,

@@ -26,13 +26,42 @@ where ``bucket(x)`` is the number of ``time_boundaries`` that are ``<= x`` and `
     i = 5:   x x x x . x      <- target: history and itself, never the other target
 
 The computation pads the jagged batch to its longest sequence and runs in float32 (float64 for float64
-inputs). Bias tables are read with ``F.embedding`` so their backward is a dense scatter-free reduction.
+inputs). Bias tables are read by a gather whose backward is a histogram (``bincount``) on the CPU and
+``embedding_dense_backward`` (sort and segment-reduce) on the GPU: never ``index_put`` accumulation, whose
+atomics on a handful of table entries make the backward dozens of times slower on a GPU.
 """
 
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+
+class _TableLookup(torch.autograd.Function):
+    """``table [Hb, E]`` read at ``idx [...]`` -> ``[Hb, ...]``, with a gradient that reduces without atomics."""
+
+    @staticmethod
+    def forward(ctx, table, idx):
+        ctx.save_for_backward(idx)
+        ctx.num_entries = table.shape[1]
+        return table[:, idx]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        E, Hb = ctx.num_entries, grad.shape[0]
+        if grad.is_cuda:
+            g = grad.reshape(Hb, -1).t()
+            out = torch.ops.aten.embedding_dense_backward(g.contiguous(), idx.reshape(-1), E, -1, False).t()
+        else:
+            flat = idx.reshape(-1)
+            out = torch.stack([torch.bincount(flat, grad[h].reshape(-1), minlength=E) for h in range(Hb)])
+        return out.to(grad.dtype), None
+
+
+def _bias(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table [Hb, E]`` at ``idx [B, N, N]`` -> ``[B, Hb, N, N]``."""
+    return _TableLookup.apply(table, idx).transpose(0, 1)
 
 
 def jagged_to_padded(values: torch.Tensor, seq_offsets: torch.Tensor, max_len: int, pad_value=0):
@@ -83,24 +112,57 @@ def naive_hstu_attention(
     Returns:
         ``[L, H, Dv]`` in q's dtype.
     """
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    if max_len is None:
+        max_len = int(lengths.max()) if lengths.numel() > 0 else 0
+    if q.shape[0] == 0 or max_len == 0:
+        return q.new_zeros((q.shape[0], q.shape[1], v.shape[2]))
+    qp, tok = jagged_to_padded(q, seq_offsets, max_len)
+    kp, _ = jagged_to_padded(k, seq_offsets, max_len)
+    vp, _ = jagged_to_padded(v, seq_offsets, max_len)
+    ts = qts = None
+    if timestamps is not None:
+        ts, _ = jagged_to_padded(timestamps, seq_offsets, max_len)
+        qts = ts if query_timestamps is None else jagged_to_padded(query_timestamps, seq_offsets, max_len)[0]
+    out = naive_hstu_attention_padded(
+        qp, kp, vp, lengths, max_seq_len, alpha=alpha, scale=scale, timestamps=ts, query_timestamps=qts,
+        pos_weight=pos_weight, time_weight=time_weight, time_boundaries=time_boundaries,
+        num_targets=num_targets, max_attn_len=max_attn_len, activation=activation,
+    )
+    return out[tok]
+
+
+def naive_hstu_attention_padded(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float = 1.0,
+    scale: Optional[float] = None,
+    timestamps: Optional[torch.Tensor] = None,
+    query_timestamps: Optional[torch.Tensor] = None,
+    pos_weight: Optional[torch.Tensor] = None,
+    time_weight: Optional[torch.Tensor] = None,
+    time_boundaries: Optional[torch.Tensor] = None,
+    num_targets: Optional[torch.Tensor] = None,
+    max_attn_len: int = 0,
+    activation: str = "silu",
+) -> torch.Tensor:
+    """The same op on a padded batch: ``q, k [B, N, H, Dqk]``, ``v [B, N, H, Dv]``, ``lengths [B]``,
+    ``timestamps, query_timestamps [B, N]``. Tokens at ``i >= lengths[b]`` are ignored (whatever they hold)
+    and their output rows are zero. Returns ``[B, N, H, Dv]`` in q's dtype."""
     if activation not in ("silu", "softmax"):
         raise ValueError(f"activation must be 'silu' or 'softmax', got {activation!r}")
     if scale is None:
         scale = 1.0 / max_seq_len if activation == "silu" else 1.0
-    lengths = seq_offsets[1:] - seq_offsets[:-1]
-    if max_len is None:
-        max_len = int(lengths.max()) if lengths.numel() > 0 else 0
-    out_dtype = q.dtype
+    N = q.shape[1]
     compute = torch.promote_types(q.dtype, torch.float32)
-    if q.shape[0] == 0 or max_len == 0:
-        return q.new_zeros((q.shape[0], q.shape[1], v.shape[2]))
+    s = alpha * torch.einsum("bihd,bjhd->bhij", q.to(compute), k.to(compute))  # [B, H, N, N]
 
-    qp, tok = jagged_to_padded(q.to(compute), seq_offsets, max_len)  # [B, N, H, D]
-    kp, _ = jagged_to_padded(k.to(compute), seq_offsets, max_len)
-    vp, _ = jagged_to_padded(v.to(compute), seq_offsets, max_len)
-    s = alpha * torch.einsum("bihd,bjhd->bhij", qp, kp)  # [B, H, N, N]
-
-    ar = torch.arange(max_len, device=q.device)
+    ar = torch.arange(N, device=q.device)
+    tok = ar[None, :] < lengths[:, None]  # [B, N]
     u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
     p = torch.minimum(ar[None, :], u[:, None])  # [B, N]
     p_i, p_j = p[:, :, None], p[:, None, :]
@@ -113,19 +175,20 @@ def naive_hstu_attention(
     if pos_weight is not None:
         # padded tokens may sit at p == max_seq_len: clamp so their (masked) lookups stay in the table
         rel = (p_i - p_j + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2)
-        s = s + F.embedding(rel, pos_weight.t().to(compute)).permute(0, 3, 1, 2)
+        s = s + _bias(pos_weight.to(compute), rel)
     if time_weight is not None:
-        ts = timestamps if query_timestamps is None else query_timestamps
-        qt, _ = jagged_to_padded(ts.to(torch.int64), seq_offsets, max_len)
-        kt, _ = jagged_to_padded(timestamps.to(torch.int64), seq_offsets, max_len)
-        dt = (qt[:, :, None] - kt[:, None, :]).abs()
+        qt = timestamps if query_timestamps is None else query_timestamps
+        dt = (qt.to(torch.int64)[:, :, None] - timestamps.to(torch.int64)[:, None, :]).abs()
         bucket = torch.bucketize(dt, time_boundaries.to(torch.int64), right=True)
-        s = s + F.embedding(bucket, time_weight.t().to(compute)).permute(0, 3, 1, 2)
+        s = s + _bias(time_weight.to(compute), bucket)
 
+    valid = valid[:, None]
+    zero = torch.zeros((), dtype=compute, device=q.device)
     if activation == "silu":
-        a = F.silu(s) * valid[:, None].to(compute)
+        a = torch.where(valid, F.silu(s), zero)
     else:
-        a = s.masked_fill(~valid[:, None], torch.finfo(compute).min).softmax(dim=-1)
-        a = a * valid[:, None].to(compute)
+        a = torch.where(valid, s.masked_fill(~valid, torch.finfo(compute).min).softmax(dim=-1), zero)
+    # where, not a multiply by the mask: padded tokens' values (even NaN) must not leak through a zero weight
+    vp = torch.where(tok[:, :, None, None], v.to(compute), zero)
     out = scale * torch.einsum("bhij,bjhd->bihd", a, vp)  # [B, N, H, Dv]
-    return out[tok].to(out_dtype)
+    return out.to(q.dtype)

@@ -1,0 +1,136 @@
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hstu_kernels.ops.hstu_attention import choose_backend, fast_backends_available, hstu_attention
+from hstu_kernels.ops.hstu_attention.checks import check_hstu_attention_args
+from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention, naive_hstu_attention_padded
+
+from .bias import DEFAULT_TIME_BOUNDARIES, RelativeAttentionBias
+from .jagged import jagged_to_padded, lengths_to_offsets, padded_to_jagged
+
+
+def require_fused_backend(owner: str) -> None:
+    """Raise a clear ``ValueError`` when no fused backend could run on this machine."""
+    reasons = fast_backends_available()
+    if all(reasons.values()):
+        detail = "; ".join(f"{name}: {', '.join(r)}" for name, r in reasons.items())
+        raise ValueError(f"{owner}(fused=True): no fused backend is available ({detail}); use fused=False")
+
+
+class HSTUBlock(nn.Module):
+    """One HSTU layer (pointwise projection, SiLU attention with relative bias, pointwise transform).
+
+    ``U, V, Q, K = split(SiLU(Linear(D, 4D)(x)))``; ``A = attention(Q, K, V)`` (multi-head, with this block's
+    ``RelativeAttentionBias``); ``y = x + dropout(Linear(D, D)(LayerNorm(A) * U))``.
+
+    Args:
+        dim: D, divisible by num_heads.
+        num_heads: H; each head has D / H dims.
+        max_seq_len: N, sizes the position table and the attention scale 1 / N.
+        dropout: on the block's output before the residual.
+        alpha: multiplies q . k.
+        attn_activation: "silu" (HSTU) or "softmax" (ablation: row-wise softmax, no 1/N scale).
+        fused: use the fastest fused kernel instead of the PyTorch reference (same parameters, same results).
+        max_attn_len: 0 for full causal attention, else a local window on positions.
+        per_head_bias: one bias table per head instead of one shared by all heads.
+        time_boundaries: time-bucket boundaries in seconds.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        max_seq_len: int = 200,
+        dropout: float = 0.2,
+        alpha: float = 1.0,
+        attn_activation: str = "silu",
+        fused: bool = False,
+        *,
+        max_attn_len: int = 0,
+        per_head_bias: bool = False,
+        time_boundaries=DEFAULT_TIME_BOUNDARIES,
+    ):
+        super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        if attn_activation not in ("silu", "softmax"):
+            raise ValueError(f"attn_activation must be 'silu' or 'softmax', got {attn_activation!r}")
+        if fused and attn_activation != "silu":
+            raise ValueError("fused=True supports attn_activation='silu' only (the fused kernels are SiLU attention)")
+        if fused:
+            require_fused_backend(type(self).__name__)
+        self.dim, self.num_heads, self.max_seq_len = dim, num_heads, max_seq_len
+        self.alpha, self.attn_activation, self.fused, self.max_attn_len = alpha, attn_activation, fused, max_attn_len
+        self.uvqk = nn.Linear(dim, 4 * dim)
+        self.bias = RelativeAttentionBias(max_seq_len, num_heads if per_head_bias else 1, time_boundaries)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor):
+        u, v, q, k = F.silu(self.uvqk(x)).chunk(4, dim=-1)
+        heads = (*x.shape[:-1], self.num_heads, self.dim // self.num_heads)
+        return u, v.reshape(heads), q.reshape(heads), k.reshape(heads)
+
+    def _attn_kwargs(self, timestamps):
+        kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len, "pos_weight": self.bias.pos_weight}
+        if timestamps is not None:
+            kw.update(timestamps=timestamps, time_weight=self.bias.time_weight, time_boundaries=self.bias.time_boundaries)
+        return kw
+
+    def _finish(self, x, u, attn):
+        return x + self.dropout(self.out(self.norm(attn.reshape(u.shape)) * u))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        seq_offsets: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+        num_targets: Optional[torch.Tensor] = None,
+        check: bool = True,
+    ) -> torch.Tensor:
+        """``x [L, D]`` jagged by ``seq_offsets [B+1]``; ``timestamps [L]`` int64 seconds (None: no time
+        bias); ``num_targets [B]`` (None: no targets). Returns ``[L, D]``."""
+        u, v, q, k = self._split(x)
+        kw = self._attn_kwargs(timestamps)
+        if self.attn_activation == "softmax":
+            longest = check_hstu_attention_args(
+                q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, check_values=check, **kw
+            )
+            attn = naive_hstu_attention(
+                q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, activation="softmax",
+                max_len=longest, **kw,
+            )
+        else:
+            backend = "torch"
+            if self.fused:
+                backend = choose_backend("fast", q, k, v, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries"))
+            attn = hstu_attention(
+                q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, backend=backend, check=check, **kw
+            )
+        return self._finish(x, u, attn)
+
+    def forward_padded(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+        num_targets: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Padded convenience path: ``x [B, T, D]``, ``lengths [B]``, ``timestamps [B, T]``. Rows at or past
+        each length are ignored on input and zero on output. Returns ``[B, T, D]``."""
+        if self.fused:
+            offsets = lengths_to_offsets(lengths)
+            ts = None if timestamps is None else padded_to_jagged(timestamps, lengths)
+            y = self.forward(padded_to_jagged(x, lengths), offsets, ts, num_targets)
+            return jagged_to_padded(y, offsets, x.shape[1])[0]
+        u, v, q, k = self._split(x)
+        attn = naive_hstu_attention_padded(
+            q, k, v, lengths, self.max_seq_len, num_targets=num_targets, activation=self.attn_activation,
+            **self._attn_kwargs(timestamps),
+        )
+        tok = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]
+        return torch.where(tok, self._finish(x, u, attn), torch.zeros((), dtype=x.dtype, device=x.device))

@@ -1,0 +1,84 @@
+"""Full-ranking evaluation over all items (HR@K, NDCG@K, MRR) plus the rating head's RMSE/MAE."""
+
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.batching import JaggedBatch, eval_batch
+from .data.sequences import seen_mask, train_item_counts
+from .metrics import ranking_metrics, target_ranks
+
+
+ScoreFn = Callable[[JaggedBatch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+@torch.no_grad()
+def rank_targets(
+    seqs,
+    score_batch: ScoreFn,
+    *,
+    split: str = "test",
+    max_seq_len: int = 200,
+    batch_size: int = 256,
+    device="cpu",
+    filter_seen: bool = True,
+    ks: Iterable[int] = (10, 50, 200),
+    progress: bool = False,
+) -> Dict[str, float]:
+    """Rank every item for each user's ``split`` target and summarise.
+
+    ``score_batch(batch) -> (scores [B, num_items + 1], predicted ratings [B] or None)`` scores one batch (on
+    ``device``). Item 0 (padding) is never a candidate; with ``filter_seen`` neither is any item the user
+    already interacted with (the target excepted).
+    """
+    all_ranks, sq_err, abs_err = [], [], []
+    starts = range(0, len(seqs), batch_size)
+    for start in tqdm(starts, desc=f"eval {split}", disable=not progress, leave=False):
+        users = np.arange(start, min(start + batch_size, len(seqs)))
+        batch = eval_batch(seqs, users, max_seq_len, split).to(device)
+        scores, rating_pred = score_batch(batch)
+        rows = batch.target_rows()
+        targets = batch.items[rows]
+        if filter_seen:
+            exclude = torch.from_numpy(seen_mask(seqs, batch.users, batch.target_index)).to(device)
+        else:
+            exclude = torch.zeros_like(scores, dtype=torch.bool)
+        exclude[:, 0] = True
+        exclude[torch.arange(len(targets), device=device), targets] = False
+        all_ranks.append(target_ranks(scores, targets, exclude))
+        if rating_pred is not None:
+            err = rating_pred.float() - batch.ratings[rows].float()
+            sq_err.append(err.square())
+            abs_err.append(err.abs())
+    ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.long)
+    out = ranking_metrics(ranks, ks)
+    if sq_err:
+        out["RMSE"] = torch.cat(sq_err).mean().sqrt().item()
+        out["MAE"] = torch.cat(abs_err).mean().item()
+    out["users"] = int(ranks.numel())
+    return out
+
+
+def evaluate_model(model, seqs, split: str = "test", **kwargs) -> Dict[str, float]:
+    """``rank_targets`` with the model's retrieval scores and rating predictions."""
+    was_training = model.training
+    model.eval()
+
+    def score(batch):
+        out = model(batch)
+        user = out[batch.last_history_rows()]
+        return model.retrieval_logits(user).float(), model.predict_ratings(out[batch.target_rows()])
+
+    try:
+        return rank_targets(seqs, score, split=split, max_seq_len=model.config.max_seq_len, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_popularity(seqs, split: str = "test", **kwargs) -> Dict[str, float]:
+    """The most-popular-items baseline, ranked by the same code as the model."""
+    device = kwargs.get("device", "cpu")
+    counts = torch.from_numpy(train_item_counts(seqs)).float().to(device)
+    return rank_targets(seqs, lambda b: (counts.expand(len(b.users), -1), None), split=split, **kwargs)

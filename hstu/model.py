@@ -1,0 +1,90 @@
+"""The HSTU recommender: encoder + retrieval head (sampled softmax over cosine similarities) + rating head."""
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .actions import NUM_ACTIONS
+from .encoder import HSTUEncoder
+
+
+@dataclass
+class ModelConfig:
+    num_items: int
+    num_actions: int = NUM_ACTIONS
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 1
+    max_seq_len: int = 200
+    dropout: float = 0.2
+    attn_activation: str = "silu"
+    max_attn_len: int = 0
+    fused: bool = False
+    temperature: float = 0.05
+    num_negatives: int = 128
+
+
+class HSTURecommender(nn.Module):
+    """HSTU with two heads.
+
+    Retrieval: the encoder output at a history position is the user vector for the next item; user and item
+    vectors (the item embedding table) are L2-normalised and ``logit = cosine / temperature``.
+    Rating: an MLP on each target token's output predicts that target's rating.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = HSTUEncoder(
+            c.num_items, c.num_actions, c.dim, c.num_layers, c.num_heads, c.max_seq_len, c.dropout,
+            c.attn_activation, c.max_attn_len, c.fused,
+        )
+        self.rating_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, 1))
+        # start at a typical rating so the first steps of the rating loss do not swamp the retrieval loss
+        nn.init.constant_(self.rating_head[-1].bias, 3.5)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "HSTURecommender":
+        return cls(ModelConfig(**config))
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+    def forward(self, batch) -> torch.Tensor:
+        """Encoder outputs ``[L, D]`` for a ``JaggedBatch``."""
+        return self.encoder(batch.items, batch.actions, batch.seq_offsets, batch.timestamps, batch.num_targets)
+
+    def normalized_items(self) -> torch.Tensor:
+        """``[num_items + 1, D]`` unit item vectors (row 0 is padding)."""
+        return F.normalize(self.encoder.item_table, dim=-1)
+
+    def retrieval_logits(self, user: torch.Tensor, items: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``user [..., D]`` against ``items [M]`` (default: every item, ids 0..num_items) -> ``[..., M]``."""
+        table = self.normalized_items() if items is None else F.normalize(self.encoder.item_table[items], dim=-1)
+        return F.normalize(user, dim=-1) @ table.t().to(user.dtype) / self.config.temperature
+
+    def retrieval_loss(self, out: torch.Tensor, next_items: torch.Tensor, generator=None) -> torch.Tensor:
+        """Sampled softmax: each labelled position (``next_items > 0``) against ``num_negatives`` items drawn
+        uniformly once per batch; accidental hits (a negative equal to the positive) are masked out."""
+        rows = next_items > 0
+        user, pos = out[rows], next_items[rows]
+        if pos.numel() == 0:
+            return out.sum() * 0.0
+        negs = torch.randint(
+            1, self.config.num_items + 1, (self.config.num_negatives,), device=out.device, generator=generator
+        )
+        u = F.normalize(user.float(), dim=-1)
+        table = F.normalize(self.encoder.item_table.float(), dim=-1)
+        pos_logit = (u * table[pos]).sum(-1, keepdim=True)
+        neg_logit = u @ table[negs].t()
+        neg_logit = neg_logit.masked_fill(negs[None, :] == pos[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
+        return F.cross_entropy(logits, torch.zeros_like(pos))
+
+    def predict_ratings(self, target_out: torch.Tensor) -> torch.Tensor:
+        """``[T, D]`` target-token outputs -> ``[T]`` predicted ratings."""
+        return self.rating_head(target_out).squeeze(-1)

@@ -1,0 +1,374 @@
+"""Fused Triton HSTU attention: forward kernel, the device helpers the backward shares, and the host launcher.
+
+The op is defined by ``naive.py``. One program computes one query block of one (sequence, head) pair::
+
+    grid = (B * H, cdiv(longest, BLOCK_M))       # B*H on axis 0 (no 65535 limit); heaviest query blocks first
+
+and loops over the key blocks that hold at least one valid pair, never padding a sequence and never storing
+anything N x N. With ``u = n - num_targets`` and ``p(i) = min(i, u)``, a valid key of query ``i`` is ``j < p(i)``
+(within the window ``p(i) - j <= max_attn_len``) or ``j == i``. So the key range of the query block
+``[m0, m1)`` is ``[lo, m1)`` (``lo = max(0, p(m0) - max_attn_len)`` with a window, else 0) when the block starts
+in the history (``m0 <= u``), and ``[lo, u)`` plus the diagonal block ``[m0, m1)`` when it holds targets only.
+Key tiles inside ``[ceil(p(m1 - 1) - max_attn_len), floor(p(m0)))`` are valid everywhere and skip the mask
+(``MASKED=False``); the others compute it from indices. Tiles outside the ranges are never visited.
+
+Bias in-kernel: ``pos_weight[h', min(p(i) - p(j) + max_seq_len - 1, 2 max_seq_len - 2)]`` gathered per score
+(the clamp keeps the padded rows of a partial block inside the table), and the time bias as a chain of
+``NUM_BOUNDARIES`` (<= 16, constexpr) compares of ``|qts_i - ts_j|`` against the sorted boundaries, each
+picking the next ``time_weight`` entry (no gather). Int32 timestamps take a 32-bit path (differences compared
+as uint32 against boundaries the host clamps to [0, 2^32 - 1]); int64 timestamps stay 64-bit (exact, slower).
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (decided when the kernels were decorated)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "runtime"):
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+INTERPRET = _interpreting()
+MAX_BOUNDARIES = 16
+MAX_HEAD_DIM = 256
+# under the interpreter: no autotuning, one fixed small config (it rejects several Triton features at scale)
+INTERPRET_BLOCK = 16
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def length_bucket(max_len: int) -> int:
+    """Autotune key for the batch's longest sequence: the next power of two (at least 16)."""
+    return max(16, next_pow2(max_len))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# device helpers (shared with triton_bwd)
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr):
+    if FAST:
+        # 1 MUFU op instead of exp + reciprocal; |rel err| ~ 2^-11, used for fp16/bf16 inputs on GPU only
+        t = tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5], dtype=tl.float32, is_pure=True, pack=1
+        )
+        return 0.5 * t + 0.5
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
+def _valid_mask(pq2, pk2, iq2, ik2, max_attn_len, HAS_WINDOW: tl.constexpr):
+    """valid(i, j) = (p(j) < p(i) [and p(i) - p(j) <= max_attn_len]) or i == j; 2-D broadcastable inputs.
+
+    Keys j >= n are invalid by construction (p(j) = u >= p(i) and j != i for every real row i)."""
+    valid = pk2 < pq2
+    if HAS_WINDOW:
+        valid = valid & (pq2 - pk2 <= max_attn_len)
+    return valid | (iq2 == ik2)
+
+
+@triton.jit
+def _pos_bias(pq2, pk2, PW_h, max_seq_len, mask):
+    rel = tl.minimum(pq2 - pk2 + (max_seq_len - 1), 2 * max_seq_len - 2)
+    return tl.load(PW_h + rel, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _time_gap(tq2, tk2, TIME_I32: tl.constexpr):
+    """|query_ts - key_ts|: uint32 on the 32-bit path (exact for timestamps in [0, 2^31)), else int64."""
+    if TIME_I32:
+        return tl.abs(tq2 - tk2).to(tl.uint32)
+    else:
+        return tl.abs(tq2.to(tl.int64) - tk2.to(tl.int64))
+
+
+@triton.jit
+def _boundary(TB, t, TIME_I32: tl.constexpr):
+    b = tl.load(TB + t)
+    if TIME_I32:
+        b = b.to(tl.uint32)  # the host clamped the boundaries to [0, 2^32 - 1]
+    return b
+
+
+@triton.jit
+def _time_bias(dt, TW_h, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr):
+    """time_weight[h', bucket(dt)] with bucket = number of boundaries <= dt, as a chain of selects."""
+    tb = tl.zeros(dt.shape, dtype=tl.float32) + tl.load(TW_h).to(tl.float32)
+    for t in tl.static_range(NUM_BOUNDARIES):
+        tb = tl.where(dt >= _boundary(TB, t, TIME_I32), tl.load(TW_h + t + 1).to(tl.float32), tb)
+    return tb
+
+
+@triton.jit
+def _time_bucket(dt, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr):
+    bucket = tl.zeros(dt.shape, dtype=tl.int32)
+    for t in tl.static_range(NUM_BOUNDARIES):
+        bucket += (dt >= _boundary(TB, t, TIME_I32)).to(tl.int32)
+    return bucket
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_tile(
+    acc, q, pq, tq, offs_m, start_n, n, u,
+    K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+    alpha, max_seq_len, max_attn_len,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+    NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < n
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k_mask = col_ok[:, None]
+    if BLOCK_DQK != DQK:
+        k_mask = k_mask & (offs_dqk[None, :] < DQK)
+    v_mask = col_ok[:, None]
+    if BLOCK_DV != DV:
+        v_mask = v_mask & (offs_dv[None, :] < DV)
+    k = tl.load(K_bh + offs_n[:, None] * stride_km + offs_dqk[None, :], mask=k_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
+    pk = tl.minimum(offs_n, u)
+    if MASKED:
+        valid = _valid_mask(pq[:, None], pk[None, :], offs_m[:, None], offs_n[None, :], max_attn_len, HAS_WINDOW)
+    else:
+        valid = None
+    if HAS_POS:
+        s += _pos_bias(pq[:, None], pk[None, :], PW_h, max_seq_len, valid)
+    if HAS_TIME:
+        tk = tl.load(TS_b + offs_n, mask=col_ok, other=0)
+        s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
+    a = s * _sigmoid(s, FAST_SIGMOID)
+    if MASKED:
+        a = tl.where(valid, a, 0.0)
+    v = tl.load(V_bh + offs_n[:, None] * stride_vm + offs_dv[None, :], mask=v_mask, other=0.0)
+    acc += tl.dot(a.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit(do_not_specialize=["max_seq_len", "max_attn_len", "AUTOTUNE_LEN"])
+def _hstu_attn_fwd_kernel(
+    Q, K, V, Out, SeqOffsets, NumTargets, TS, QTS, PW, TW, TB,
+    stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh, stride_om, stride_oh,
+    stride_pwh, stride_twh,
+    H, alpha, scale, max_seq_len, max_attn_len, AUTOTUNE_LEN,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+    NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (most expensive) query blocks first
+    b = pid_bh // H
+    h = pid_bh % H
+    seq_start = tl.load(SeqOffsets + b).to(tl.int64)
+    n = (tl.load(SeqOffsets + b + 1).to(tl.int64) - seq_start).to(tl.int32)
+    start_m = pid_m * BLOCK_M
+    if start_m >= n:
+        return
+    if HAS_TARGETS:
+        u = n - tl.load(NumTargets + b).to(tl.int32)
+    else:
+        u = n
+    end_m = tl.minimum(start_m + BLOCK_M, n)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < n
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_mask = row_ok[:, None]
+    if BLOCK_DQK != DQK:
+        q_mask = q_mask & (offs_dqk[None, :] < DQK)
+    Q_bh = Q + seq_start * stride_qm + h * stride_qh
+    q = tl.load(Q_bh + offs_m[:, None] * stride_qm + offs_dqk[None, :], mask=q_mask, other=0.0)
+    pq = tl.minimum(offs_m, u)
+    K_bh = K + seq_start * stride_km + h * stride_kh
+    V_bh = V + seq_start * stride_vm + h * stride_vh
+    TS_b = TS + seq_start
+    PW_h = PW + h * stride_pwh
+    TW_h = TW + h * stride_twh
+    if HAS_TIME:
+        tq = tl.load(QTS + seq_start + offs_m, mask=row_ok, other=0)
+    else:
+        tq = offs_m  # unused
+
+    # key ranges (local indices): history [lo, hi1) and, for a block of targets only, its diagonal block
+    p_min = tl.minimum(start_m, u)
+    p_max = tl.minimum(end_m - 1, u)
+    if HAS_WINDOW:
+        lo = tl.maximum(p_min - max_attn_len, 0)
+        full_lo = tl.maximum(p_max - max_attn_len, 0)
+    else:
+        lo = 0
+        full_lo = 0
+    hi1 = tl.where(start_m <= u, end_m, u)
+    lo_al = (lo // BLOCK_N) * BLOCK_N
+    full_lo = tl.maximum(((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_al)
+    full_hi = (p_min // BLOCK_N) * BLOCK_N
+    a_end = tl.where(full_lo < full_hi, full_lo, lo_al)
+    b_end = tl.where(full_lo < full_hi, full_hi, lo_al)
+    c_end = b_end + tl.maximum(((hi1 - b_end + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, 0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for start_n in range(lo_al, a_end, BLOCK_N):  # window edge: masked
+        acc = _fwd_tile(
+            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+            alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
+            NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
+        )
+    for start_n in range(a_end, b_end, BLOCK_N):  # fully valid: no mask
+        acc = _fwd_tile(
+            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+            alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
+            NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, False, BLOCK_N,
+        )
+    for start_n in range(b_end, hi1, BLOCK_N):  # causal edge / diagonal: masked
+        acc = _fwd_tile(
+            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+            alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
+            NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
+        )
+    if HAS_TARGETS:
+        # a block of targets only: its own diagonal (keys the loops above have not covered)
+        d_lo = tl.where(start_m > u, tl.maximum(start_m, c_end), end_m)
+        for start_n in range(d_lo, end_m, BLOCK_N):
+            acc = _fwd_tile(
+                acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+                alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
+                NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
+            )
+
+    o_mask = row_ok[:, None]
+    if BLOCK_DV != DV:
+        o_mask = o_mask & (offs_dv[None, :] < DV)
+    O_bh = Out + seq_start * stride_om + h * stride_oh
+    tl.store(O_bh + offs_m[:, None] * stride_om + offs_dv[None, :], (acc * scale).to(Out.dtype.element_ty), mask=o_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------------------------
+def _fwd_configs():
+    cfgs = []
+    for bm, bn, w, s in [
+        (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3), (32, 32, 2, 3),
+    ]:
+        cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s))
+    return cfgs
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    longest = named_args["AUTOTUNE_LEN"]
+    d = max(named_args["BLOCK_DQK"], named_args["BLOCK_DV"])
+    out = []
+    for c in configs:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        if d >= 256 and bm * bn > 128 * 64:  # registers: [BM, D] accumulator + [BN, D] operands
+            continue
+        if d <= 64 and bn == 32 and bm == 128:
+            continue
+        if longest <= 32 and bm > 32:  # tiny sequences: small blocks only
+            continue
+        if longest > 32 and bm == 32:
+            continue
+        if longest <= 64 and (bm > 64 or bn > 64):
+            continue
+        out.append(c)
+    return out or configs[-1:]
+
+
+_fwd_kernel_tuned = triton.autotune(
+    configs=_fwd_configs(),
+    key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME", "NUM_BOUNDARIES"],
+    prune_configs_by={"early_config_prune": _prune_fwd},
+)(_hstu_attn_fwd_kernel)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# host side
+# ---------------------------------------------------------------------------------------------------------------
+def prepare_time_boundaries(time_boundaries, time_i32: bool) -> torch.Tensor:
+    """int64 boundaries; on the 32-bit path clamped to [0, 2^32 - 1] so uint32 compares stay exact."""
+    tb = time_boundaries.to(torch.int64)
+    if time_i32:
+        tb = tb.clamp(0, 2**32 - 1)
+    return tb.contiguous()
+
+
+def kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_boundaries, num_targets,
+                 max_attn_len, fp32_precision):
+    """The constexpr flags and the auxiliary pointers both kernels take."""
+    dummy = q.new_zeros(1)
+    has_time = time_weight is not None
+    time_i32 = bool(
+        has_time and timestamps.dtype == torch.int32
+        and (query_timestamps is None or query_timestamps.dtype == torch.int32)
+    )
+    if has_time:
+        ts = timestamps.contiguous()
+        qts = ts if query_timestamps is None else query_timestamps.contiguous()
+        tb = prepare_time_boundaries(time_boundaries, time_i32)
+        tw = time_weight.contiguous()
+    else:
+        ts = qts = tb = tw = dummy
+    pw = pos_weight.contiguous() if pos_weight is not None else dummy
+    nt = num_targets.contiguous() if num_targets is not None else dummy
+    fp32 = q.dtype == torch.float32
+    return dict(
+        ts=ts, qts=qts, tb=tb, tw=tw, pw=pw, nt=nt,
+        stride_pwh=(pw.stride(0) if pos_weight is not None and pos_weight.shape[0] > 1 else 0),
+        stride_twh=(tw.stride(0) if has_time and time_weight.shape[0] > 1 else 0),
+        HAS_TARGETS=num_targets is not None,
+        HAS_WINDOW=max_attn_len > 0,
+        HAS_POS=pos_weight is not None,
+        HAS_TIME=has_time,
+        NUM_BOUNDARIES=(time_boundaries.shape[0] if has_time else 0),
+        TIME_I32=time_i32,
+        INPUT_PRECISION=(fp32_precision if fp32 else "tf32"),
+        FAST_SIGMOID=(not fp32) and not INTERPRET,
+    )
+
+
+def hstu_attn_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,
+                  query_timestamps=None, pos_weight=None, time_weight=None, time_boundaries=None,
+                  num_targets=None, max_attn_len=0, fp32_precision="ieee"):
+    """Launch the forward kernel. q, k [L, H, Dqk], v [L, H, Dv] contiguous; returns [L, H, Dv] in q's dtype."""
+    L, H, DQK = q.shape
+    DV = v.shape[2]
+    B = seq_offsets.shape[0] - 1
+    out = torch.empty((L, H, DV), dtype=q.dtype, device=q.device)
+    if L == 0 or B == 0 or max_len == 0:
+        return out.zero_() if out.numel() else out
+    f = kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_boundaries, num_targets,
+                     max_attn_len, fp32_precision)
+    args = (
+        q, k, v, out, seq_offsets, f["nt"], f["ts"], f["qts"], f["pw"], f["tw"], f["tb"],
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        f["stride_pwh"], f["stride_twh"],
+        H, float(alpha), float(scale), int(max_seq_len), int(max_attn_len), length_bucket(max_len),
+    )
+    meta = dict(
+        DQK=DQK, DV=DV, BLOCK_DQK=max(16, next_pow2(DQK)), BLOCK_DV=max(16, next_pow2(DV)),
+        HAS_TARGETS=f["HAS_TARGETS"], HAS_WINDOW=f["HAS_WINDOW"], HAS_POS=f["HAS_POS"], HAS_TIME=f["HAS_TIME"],
+        NUM_BOUNDARIES=f["NUM_BOUNDARIES"], TIME_I32=f["TIME_I32"], INPUT_PRECISION=f["INPUT_PRECISION"],
+        FAST_SIGMOID=f["FAST_SIGMOID"],
+    )
+    if INTERPRET:
+        blk = INTERPRET_BLOCK
+        _hstu_attn_fwd_kernel[(B * H, triton.cdiv(max_len, blk))](*args, **meta, BLOCK_M=blk, BLOCK_N=blk)
+    else:
+        grid = lambda META: (B * H, triton.cdiv(max_len, META["BLOCK_M"]))  # noqa: E731
+        _fwd_kernel_tuned[grid](*args, **meta)
+    return out
