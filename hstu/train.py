@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data.batching import training_batch
+from .data.batching import length_bucketed_batches, training_batch
 from .evaluate import evaluate_model, evaluate_popularity
 from .model import HSTURecommender, ModelConfig
 
@@ -99,11 +99,11 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         epoch = state["epoch"] + 1
         model.train()
         start = time.time()
-        order = rng.permutation(len(seqs))
+        batches = length_bucketed_batches(seqs.lengths(), cfg.batch_size, rng)
         totals = np.zeros(3)
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
-        for b in bar:
-            batch = training_batch(seqs, order[b:b + cfg.batch_size], model_cfg.max_seq_len, cfg.num_targets, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        for users in bar:
+            batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng)
             batch = batch.to(device)
             with amp:
                 out = model(batch)

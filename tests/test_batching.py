@@ -60,3 +60,18 @@ def test_eval_batch_puts_the_target_after_the_capped_history():
     v = eval_batch(s, np.array([0, 1]), max_seq_len=5, split="valid")
     assert v.items[v.target_rows()].tolist() == [11, 14]
     assert torch.equal(v.target_rows(), torch.tensor([4, 6]))
+
+
+def test_length_bucketed_batches_cover_every_user_once_and_group_lengths():
+    from hstu.data.batching import length_bucketed_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 200, size=1000)
+    batches = length_bucketed_batches(lengths, 16, rng, window=8)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert sorted(len(b) for b in batches) == [8] + [16] * 62  # 1000 = 7 windows of 128 + 6 * 16 + 8
+    # batches pad to far less than random batches would
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    random_padded = sum(16 * lengths[rng.permutation(1000)[:16]].max() for _ in range(len(batches)))
+    assert padded < 0.8 * random_padded

@@ -121,6 +121,22 @@ def concat_batches(a: JaggedBatch, b: JaggedBatch) -> JaggedBatch:
     )
 
 
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 32):
+    """Shuffled batches of user indices in which users of similar length travel together.
+
+    Users are shuffled, cut into windows of ``window`` batches, sorted by length inside each window, split into
+    batches, and the batches are shuffled: each batch pads to a length close to its members', which cuts the
+    padded attention's ``B * T^2`` work roughly in half on MovieLens, while batches stay random across epochs.
+    """
+    order = rng.permutation(len(lengths))
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = order[start:start + span]
+        order[start:start + span] = chunk[np.argsort(lengths[chunk], kind="stable")]
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def training_batch(seqs, users: np.ndarray, max_seq_len: int, num_targets: int, rng: np.random.Generator) -> JaggedBatch:
     """The training batch of ``users`` (indices into a leave-one-out ``UserSequences``): two segments each.
 
