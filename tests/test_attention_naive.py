@@ -45,7 +45,7 @@ def loop_reference(q, k, v, offsets, M, alpha=1.0, scale=None, ts=None, qts=None
 def make_inputs(lengths, H=2, D=4, Dv=3, M=8, targets=None, per_head=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     L = sum(lengths)
-    offsets = torch.tensor([0] + lengths).cumsum(0)
+    offsets = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
     Hb = H if per_head else 1
     return dict(
         q=torch.randn(L, H, D, generator=g, dtype=torch.float64),
@@ -57,7 +57,7 @@ def make_inputs(lengths, H=2, D=4, Dv=3, M=8, targets=None, per_head=True, seed=
         pos_weight=torch.randn(Hb, 2 * M - 1, generator=g, dtype=torch.float64),
         time_weight=torch.randn(Hb, len(BOUNDARIES) + 1, generator=g, dtype=torch.float64),
         time_boundaries=torch.tensor(BOUNDARIES),
-        num_targets=None if targets is None else torch.tensor(targets),
+        num_targets=None if targets is None else torch.tensor(targets, dtype=torch.int64),
     )
 
 
@@ -230,3 +230,35 @@ def test_check_false_gives_the_same_result():
 def test_error_names_the_offending_sequence():
     with pytest.raises(ValueError, match=r"sequence 1: length 2, num_targets 3"):
         hstu_attention(**_args(num_targets=torch.tensor([0, 3])))
+
+
+# --- property test over random batches -------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def batches(draw):
+    M = draw(st.integers(2, 7))
+    lengths = draw(st.lists(st.integers(0, M + 2), min_size=0, max_size=4))
+    # every position must stay below M: a sequence longer than M needs t >= n - M + 1 targets
+    targets = [draw(st.integers(n - M + 1 if n > M else 0, n)) for n in lengths]
+    return M, lengths, targets, draw(st.integers(0, 3)), draw(st.booleans()), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches())
+def test_naive_matches_loop_on_random_batches(case):
+    M, lengths, targets, window, per_head, seed = case
+    x = make_inputs(lengths, M=M, targets=targets, per_head=per_head, seed=seed)
+    got = hstu_attention(
+        x["q"], x["k"], x["v"], x["seq_offsets"], M, timestamps=x["timestamps"], pos_weight=x["pos_weight"],
+        time_weight=x["time_weight"], time_boundaries=x["time_boundaries"], num_targets=x["num_targets"],
+        max_attn_len=window,
+    )
+    want = loop_reference(
+        x["q"], x["k"], x["v"], x["seq_offsets"], M, ts=x["timestamps"], pw=x["pos_weight"], tw=x["time_weight"],
+        tb=x["time_boundaries"], nt=x["num_targets"], window=window,
+    )
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

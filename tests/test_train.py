@@ -95,6 +95,18 @@ def test_cli_recommend_prints_titles_and_rejects_unknown_users(trained, capsys):
     assert "no such user" in capsys.readouterr().err
 
 
+def test_cli_train_prints_test_metrics(tmp_path, capsys):
+    data = write_synthetic_ml1m(tmp_path / "data", users=12, length=8)
+    args = ["train", "--data-dir", str(data), "--output-dir", str(tmp_path / "out"), "--epochs", "2",
+            "--batch-size", "4", "--dim", "16", "--max-seq-len", "8", "--num-negatives", "8", "--num-heads", "2",
+            "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2:" in out and "test HR@10" in out and "NDCG@10" in out
+    cfg = torch.load(tmp_path / "out" / "best.pt", weights_only=False)["model_config"]
+    assert cfg["num_heads"] == 2 and cfg["max_seq_len"] == 8
+
+
 def test_cli_reports_missing_data_clearly(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
