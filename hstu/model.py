@@ -9,6 +9,7 @@ from torch import nn
 
 from .actions import NUM_ACTIONS
 from .encoder import HSTUEncoder
+from .jagged import jagged_to_padded
 
 
 @dataclass
@@ -67,21 +68,36 @@ class HSTURecommender(nn.Module):
         table = self.normalized_items() if items is None else F.normalize(self.encoder.item_table[items], dim=-1)
         return F.normalize(user, dim=-1) @ table.t().to(user.dtype) / self.config.temperature
 
-    def retrieval_loss(self, out: torch.Tensor, next_items: torch.Tensor, generator=None) -> torch.Tensor:
-        """Sampled softmax: each labelled position (``next_items > 0``) against ``num_negatives`` items drawn
-        uniformly once per batch; accidental hits (a negative equal to the positive) are masked out."""
+    def retrieval_loss(
+        self, out: torch.Tensor, next_items: torch.Tensor, seq_offsets: torch.Tensor, generator=None
+    ) -> torch.Tensor:
+        """Sampled softmax over cosine similarity / temperature.
+
+        Each labelled position (``next_items > 0``) scores its next item against ``num_negatives`` items drawn
+        uniformly for its sequence, anew each batch; accidental hits (a negative equal to the positive) are
+        masked out. Drawing per sequence rather than once per batch lets a batch push away ``B`` times more
+        distinct items: on MovieLens-100K that learned several times faster per step than one shared set, at
+        the cost of a ``[B, T, num_negatives]`` score tensor (no ``[L, num_negatives, D]`` gather).
+
+        Args:
+            out: ``[L, D]`` encoder outputs, jagged by ``seq_offsets [B+1]``.
+            next_items: ``[L]`` int64 next-item labels (0: no label).
+        """
         rows = next_items > 0
-        user, pos = out[rows], next_items[rows]
-        if pos.numel() == 0:
+        if not bool(rows.any()):
             return out.sum() * 0.0
-        negs = torch.randint(
-            1, self.config.num_items + 1, (self.config.num_negatives,), device=out.device, generator=generator
-        )
-        u = F.normalize(user.float(), dim=-1)
+        lengths = seq_offsets[1:] - seq_offsets[:-1]
+        B, K = lengths.shape[0], self.config.num_negatives
+        negs = torch.randint(1, self.config.num_items + 1, (B, K), device=out.device, generator=generator)
         table = F.normalize(self.encoder.item_table.float(), dim=-1)
-        pos_logit = (u * table[pos]).sum(-1, keepdim=True)
-        neg_logit = u @ table[negs].t()
-        neg_logit = neg_logit.masked_fill(negs[None, :] == pos[:, None], float("-inf"))
+        u = F.normalize(out.float(), dim=-1)
+        max_len = int(lengths.max())
+        u_pad, tok = jagged_to_padded(u, seq_offsets, max_len)  # [B, T, D]
+        neg_logit = torch.bmm(u_pad, table[negs].transpose(1, 2))[tok][rows]  # [R, K]
+        pos = next_items[rows]
+        seg = torch.repeat_interleave(torch.arange(B, device=out.device), lengths, output_size=out.shape[0])[rows]
+        neg_logit = neg_logit.masked_fill(negs[seg] == pos[:, None], float("-inf"))
+        pos_logit = (u[rows] * table[pos]).sum(-1, keepdim=True)
         logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
         return F.cross_entropy(logits, torch.zeros_like(pos))
 

@@ -134,19 +134,20 @@ def test_block_rejects_bad_configuration():
 
 def test_retrieval_loss_is_sampled_softmax_without_accidental_hits():
     model = HSTURecommender(ModelConfig(num_items=3, dim=D, num_negatives=8, max_seq_len=8))
-    out = torch.randn(4, D)
-    next_items = torch.tensor([1, 2, 0, 3])  # position 2 has no label
-    loss = model.retrieval_loss(out, next_items, generator=torch.Generator().manual_seed(0))
-    negs = torch.randint(1, 4, (8,), generator=torch.Generator().manual_seed(0))
+    out = torch.randn(5, D)
+    offsets = torch.tensor([0, 3, 5])
+    next_items = torch.tensor([1, 2, 0, 3, 1])  # position 2 has no label
+    loss = model.retrieval_loss(out, next_items, offsets, generator=torch.Generator().manual_seed(0))
+    negs = torch.randint(1, 4, (2, 8), generator=torch.Generator().manual_seed(0))  # one set per sequence
     table = model.normalized_items().detach()
     want = []
-    for row, pos in ((0, 1), (1, 2), (3, 3)):
+    for row, seq, pos in ((0, 0, 1), (1, 0, 2), (3, 1, 3), (4, 1, 1)):
         u = torch.nn.functional.normalize(out[row], dim=0)
-        others = [n for n in negs.tolist() if n != pos]  # with 3 items, hits are certain: they must drop out
+        others = [n for n in negs[seq].tolist() if n != pos]  # with 3 items, hits are certain: they must drop out
         logits = torch.stack([u @ table[pos]] + [u @ table[n] for n in others]) / 0.05
         want.append(torch.logsumexp(logits, 0) - logits[0])
     torch.testing.assert_close(loss.detach(), torch.stack(want).mean(), rtol=1e-5, atol=1e-5)
-    assert model.retrieval_loss(out, torch.zeros(4, dtype=torch.long)).item() == 0.0
+    assert model.retrieval_loss(out, torch.zeros(5, dtype=torch.long), offsets).item() == 0.0
 
 
 def test_rating_head_starts_near_typical_rating():
