@@ -126,7 +126,7 @@ def test_end_to_end_ml100k_beats_most_popular(tmp_path):
     if not (SHARED / "ml-100k" / "u.data").is_file():
         pytest.skip(f"real MovieLens-100K not found at {SHARED / 'ml-100k'}: end-to-end run skipped")
     torch.manual_seed(0)
-    cfg = TrainConfig(data_dir=str(SHARED / "ml-100k"), output_dir=str(tmp_path), epochs=40, batch_size=32,
+    cfg = TrainConfig(data_dir=str(SHARED / "ml-100k"), output_dir=str(tmp_path), epochs=15, batch_size=32,
                       patience=100, progress=False, model=dict(max_seq_len=50))
     result = train(cfg, log=print)
     assert result["NDCG@10"] > result["popularity"]["NDCG@10"]

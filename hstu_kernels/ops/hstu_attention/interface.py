@@ -9,6 +9,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+# triton_impl imports Triton only when a kernel first runs: `import hstu_kernels` never needs Triton
+from . import triton_impl
 from .checks import check_hstu_attention_args
 from .naive import naive_hstu_attention
 
@@ -24,7 +26,8 @@ def _unavailable(why: str) -> Callable[..., List[str]]:
 # name -> (reasons(q, k, v, pos_weight, time_weight, time_boundaries) -> list of str, implementation)
 _REGISTRY: Dict[str, tuple] = {
     "torch": (lambda *a, **kw: [], naive_hstu_attention),
-    "triton": (_unavailable("not implemented yet"), None),
+    # functions bound here, not looked up per call, so torch.compile traces dispatch without graph breaks
+    "triton": (triton_impl.unsupported_reasons, triton_impl.hstu_attention_triton),
     "cuda": (_unavailable("the CUDA extension is not built (no CUDA kernels exist yet)"), None),
 }
 

@@ -17,6 +17,14 @@ Bias in-kernel: ``pos_weight[h', min(p(i) - p(j) + max_seq_len - 1, 2 max_seq_le
 ``NUM_BOUNDARIES`` (<= 16, constexpr) compares of ``|qts_i - ts_j|`` against the sorted boundaries, each
 picking the next ``time_weight`` entry (no gather). Int32 timestamps take a 32-bit path (differences compared
 as uint32 against boundaries the host clamps to [0, 2^32 - 1]); int64 timestamps stay 64-bit (exact, slower).
+In masked tiles the mask zeroes the SiLU gate ``sigmoid(s)`` right away (``s`` stays finite), which zeroes
+``a = s * gate`` (and, in the backward, ``ds``) without keeping the mask alive.
+
+fp32 accumulation, SiLU, ``alpha``, ``scale`` fused; the output is stored in the input dtype. bf16 inputs on a GPU
+use ``tanh.approx.f32`` for the sigmoid (one MUFU op; error ~2.5e-4, below bf16 rounding); fp32 and fp16 use
+``tl.sigmoid``. Autotuning (GPU only) is keyed on the bucketed longest length, head dims, flags and dtypes, over a
+pruned set (<= 3 forward configs) that fits the device's shared memory. Loads are software-pipelined
+(``cp.async``) only when Triton sees 16-element-aligned strides: true for head dims that are multiples of 16.
 """
 
 import os
@@ -35,10 +43,28 @@ def _interpreting() -> bool:
 
 
 INTERPRET = _interpreting()
-MAX_BOUNDARIES = 16
-MAX_HEAD_DIM = 256
-# under the interpreter: no autotuning, one fixed small config (it rejects several Triton features at scale)
-INTERPRET_BLOCK = 16
+# Under the interpreter there is no autotuning: one fixed small config per kernel. On a GPU, setting an override
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) skips autotuning too: tests use it to run every config. The backward
+# needs BLOCK_M <= BLOCK_N.
+INTERPRET_CONFIG = (16, 16, 4, 1)
+FWD_CONFIG_OVERRIDE = None
+BWD_CONFIG_OVERRIDE = None
+
+
+def launch(raw_kernel, tuned_kernel, override, grid_len_key, B, H, max_len, args, meta):
+    """Run ``tuned_kernel`` (autotuned) or, under the interpreter or with an override, ``raw_kernel`` with one
+    config. ``grid_len_key`` names the block size that tiles the sequence (BLOCK_M forward, BLOCK_N backward)."""
+    config = INTERPRET_CONFIG if INTERPRET and override is None else override
+    if config is None:
+        tuned_kernel[lambda META: (B * H, triton.cdiv(max_len, META[grid_len_key]))](*args, **meta)
+        return
+    bm, bn, warps, stages = config
+    blocks = {"BLOCK_M": bm, "BLOCK_N": bn}
+    grid = (B * H, triton.cdiv(max_len, blocks[grid_len_key]))
+    if INTERPRET:
+        raw_kernel[grid](*args, **meta, **blocks)
+    else:
+        raw_kernel[grid](*args, **meta, **blocks, num_warps=warps, num_stages=stages)
 
 
 def next_pow2(x: int) -> int:
@@ -56,7 +82,7 @@ def length_bucket(max_len: int) -> int:
 @triton.jit
 def _sigmoid(x, FAST: tl.constexpr):
     if FAST:
-        # 1 MUFU op instead of exp + reciprocal; |rel err| ~ 2^-11, used for fp16/bf16 inputs on GPU only
+        # 1 MUFU op instead of exp + reciprocal; |rel err| ~ 2^-11, used for bf16 inputs on GPU only
         t = tl.inline_asm_elementwise(
             "tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5], dtype=tl.float32, is_pure=True, pack=1
         )
@@ -77,9 +103,12 @@ def _valid_mask(pq2, pk2, iq2, ik2, max_attn_len, HAS_WINDOW: tl.constexpr):
 
 
 @triton.jit
-def _pos_bias(pq2, pk2, PW_h, max_seq_len, mask):
+def _pos_bias(pq2, pk2, PW_h, max_seq_len, valid, MASKED: tl.constexpr):
     rel = tl.minimum(pq2 - pk2 + (max_seq_len - 1), 2 * max_seq_len - 2)
-    return tl.load(PW_h + rel, mask=mask, other=0.0).to(tl.float32)
+    if MASKED:
+        return tl.load(PW_h + rel, mask=valid, other=0.0).to(tl.float32)
+    else:
+        return tl.load(PW_h + rel).to(tl.float32)
 
 
 @triton.jit
@@ -106,14 +135,6 @@ def _time_bias(dt, TW_h, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexp
     for t in tl.static_range(NUM_BOUNDARIES):
         tb = tl.where(dt >= _boundary(TB, t, TIME_I32), tl.load(TW_h + t + 1).to(tl.float32), tb)
     return tb
-
-
-@triton.jit
-def _time_bucket(dt, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr):
-    bucket = tl.zeros(dt.shape, dtype=tl.int32)
-    for t in tl.static_range(NUM_BOUNDARIES):
-        bucket += (dt >= _boundary(TB, t, TIME_I32)).to(tl.int32)
-    return bucket
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,13 +168,14 @@ def _fwd_tile(
     else:
         valid = None
     if HAS_POS:
-        s += _pos_bias(pq[:, None], pk[None, :], PW_h, max_seq_len, valid)
+        s += _pos_bias(pq[:, None], pk[None, :], PW_h, max_seq_len, valid, MASKED)
     if HAS_TIME:
         tk = tl.load(TS_b + offs_n, mask=col_ok, other=0)
         s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
-    a = s * _sigmoid(s, FAST_SIGMOID)
+    sig = _sigmoid(s, FAST_SIGMOID)
     if MASKED:
-        a = tl.where(valid, a, 0.0)
+        sig = tl.where(valid, sig, 0.0)  # a = s * 0 = 0 (s is finite: masked bias loads give 0)
+    a = s * sig
     v = tl.load(V_bh + offs_n[:, None] * stride_vm + offs_dv[None, :], mask=v_mask, other=0.0)
     acc += tl.dot(a.to(v.dtype), v, input_precision=INPUT_PRECISION)
     return acc
@@ -254,44 +276,72 @@ def _hstu_attn_fwd_kernel(
     if BLOCK_DV != DV:
         o_mask = o_mask & (offs_dv[None, :] < DV)
     O_bh = Out + seq_start * stride_om + h * stride_oh
-    tl.store(O_bh + offs_m[:, None] * stride_om + offs_dv[None, :], (acc * scale).to(Out.dtype.element_ty), mask=o_mask)
+    out = (acc * scale).to(Out.dtype.element_ty)
+    tl.store(O_bh + offs_m[:, None] * stride_om + offs_dv[None, :], out, mask=o_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------------------------
 def _fwd_configs():
-    cfgs = []
-    for bm, bn, w, s in [
-        (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3), (32, 32, 2, 3),
-    ]:
-        cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s))
-    return cfgs
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages); pruned to <= 3 per key so first-call tuning stays in seconds
+    table = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2),
+             (64, 64, 4, 2), (64, 32, 4, 2), (64, 32, 8, 2), (16, 16, 4, 1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in table]
+
+
+SMEM_LIMIT = 232448  # bytes of shared memory a block may use on H100/H200 (227 KiB)
+
+
+def smem_limit(tensor) -> int:
+    try:
+        return int(torch.cuda.get_device_properties(tensor.device).shared_memory_per_block_optin)
+    except Exception:  # noqa: BLE001 - CPU tensors, older torch
+        return SMEM_LIMIT
+
+
+def fwd_smem(c, dqk, dv, elem):
+    """Shared memory of a forward config (matches ptxas for bf16, D = 128 on sm_90; over-estimates D = 256)."""
+    bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    return elem * (bm * (2 * dqk + dv) + c.num_stages * bn * (dqk + dv)) + 1024
+
+
+def prune_configs(configs, args, wanted, smem):
+    """The configs ``wanted`` keeps that fit in shared memory; else the one needing the least."""
+    limit = smem_limit(args["Q"])
+    fits = [c for c in configs if smem(c) <= limit]
+    out = [c for c in fits if wanted(c)]
+    return out or [min(configs, key=smem)]
 
 
 def _prune_fwd(configs, named_args, **kwargs):
-    longest = named_args["AUTOTUNE_LEN"]
-    d = max(named_args["BLOCK_DQK"], named_args["BLOCK_DV"])
-    out = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if d >= 256 and bm * bn > 128 * 64:  # registers: [BM, D] accumulator + [BN, D] operands
-            continue
-        if d <= 64 and bn == 32 and bm == 128:
-            continue
-        if longest <= 32 and bm > 32:  # tiny sequences: small blocks only
-            continue
-        if longest > 32 and bm == 32:
-            continue
-        if longest <= 64 and (bm > 64 or bn > 64):
-            continue
-        out.append(c)
-    return out or configs[-1:]
+    args = {**named_args, **kwargs}  # positional arguments, then the constexprs passed by keyword
+    longest = args["AUTOTUNE_LEN"]
+    dqk, dv = args["BLOCK_DQK"], args["BLOCK_DV"]
+    elem = args["Q"].element_size()
+    big = max(dqk, dv) >= 256 or elem == 4
+
+    def wanted(c):
+        bm, bn, stages = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages
+        if elem == 4:
+            # fp32 "ieee" products are FMA loops: with more than ~16 elements of a [BM, BN] tile per thread, ptxas
+            # (sm_90) falls back to 32 registers and spills ~60 KB; these two do not spill at D = 128
+            return (bm, bn, c.num_warps) in ((64, 32, 8), (32, 32, 4)) and (longest > 32 or bm == 32)
+        if longest <= 32:  # tiny sequences: the smallest blocks only
+            return bm == 32
+        if big:  # D = 256: fewer stages, smaller tiles (registers and shared memory)
+            return stages == 2 and bm == 64 and c.num_warps == 4
+        if longest <= 64:
+            return bm == 64 and stages == 3
+        return (bm, bn) in ((128, 64), (128, 128), (64, 64)) and stages >= 2 and not (bm == 64 and stages == 2)
+
+    return prune_configs(configs, args, wanted, lambda c: fwd_smem(c, dqk, dv, elem))
 
 
 _fwd_kernel_tuned = triton.autotune(
     configs=_fwd_configs(),
-    key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME", "NUM_BOUNDARIES"],
+    key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
+         "NUM_BOUNDARIES"],
     prune_configs_by={"early_config_prune": _prune_fwd},
 )(_hstu_attn_fwd_kernel)
 
@@ -337,7 +387,8 @@ def kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_
         NUM_BOUNDARIES=(time_boundaries.shape[0] if has_time else 0),
         TIME_I32=time_i32,
         INPUT_PRECISION=(fp32_precision if fp32 else "tf32"),
-        FAST_SIGMOID=(not fp32) and not INTERPRET,
+        # tanh.approx (abs err ~2.5e-4 on the sigmoid) only where it stays below the output rounding: bf16
+        FAST_SIGMOID=(q.dtype == torch.bfloat16) and not INTERPRET,
     )
 
 
@@ -365,10 +416,5 @@ def hstu_attn_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, t
         NUM_BOUNDARIES=f["NUM_BOUNDARIES"], TIME_I32=f["TIME_I32"], INPUT_PRECISION=f["INPUT_PRECISION"],
         FAST_SIGMOID=f["FAST_SIGMOID"],
     )
-    if INTERPRET:
-        blk = INTERPRET_BLOCK
-        _hstu_attn_fwd_kernel[(B * H, triton.cdiv(max_len, blk))](*args, **meta, BLOCK_M=blk, BLOCK_N=blk)
-    else:
-        grid = lambda META: (B * H, triton.cdiv(max_len, META["BLOCK_M"]))  # noqa: E731
-        _fwd_kernel_tuned[grid](*args, **meta)
+    launch(_hstu_attn_fwd_kernel, _fwd_kernel_tuned, FWD_CONFIG_OVERRIDE, "BLOCK_M", B, H, max_len, args, meta)
     return out

@@ -1,0 +1,236 @@
+"""The Triton backend of ``hstu_attention``: autograd, ``torch.library`` custom ops, and what it can take.
+
+Importing this module does not import Triton: the kernels (``triton_fwd``, ``triton_bwd``) load on the first call.
+The forward and backward kernels are two opaque custom ops with fake (meta) implementations, so ``torch.compile``
+traces a model through them without graph breaks; ``HSTUAttentionTritonFunction`` (an ``autograd.Function``) ties
+them together, and the same backward is registered on the forward op with ``torch.library.register_autograd``.
+
+fp32 inputs use exact fp32 products (``input_precision="ieee"``) unless ``set_fp32_precision("tf32")`` asks for
+TF32. Under ``TRITON_INTERPRET=1`` the backend takes CPU tensors (fp32, fp16; not bf16: the interpreter's bf16
+dot is wrong); otherwise it needs CUDA tensors.
+
+Inputs only need a unit stride in the last dimension (q, k, v may be slices of a fused projection); others are
+copied. Head dims 1..256 work (non-powers of two are padded to the next power of two >= 16 in registers and
+masked; the fast paths are 16, 32, 64, 128, 256); Dqk and Dv may differ. Up to 16 time boundaries.
+"""
+
+import importlib.util
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+MAX_BOUNDARIES = 16
+MAX_HEAD_DIM = 256
+_TRITON_MISSING = importlib.util.find_spec("triton") is None
+# Triton decides interpretation when a kernel is decorated: read the variable as the kernels' module will
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+_FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
+_fp32_precision = "ieee"
+
+
+def set_fp32_precision(precision: str) -> None:
+    """How fp32 q/k/v products run: "ieee" (exact, the default), "tf32" or "tf32x3" (faster, on GPUs)."""
+    global _fp32_precision
+    if precision not in _FP32_PRECISIONS:
+        raise ValueError(f"fp32 precision must be one of {', '.join(_FP32_PRECISIONS)}; got {precision!r}")
+    _fp32_precision = precision
+
+
+def get_fp32_precision() -> str:
+    return _fp32_precision
+
+
+def unsupported_reasons(q, k, v, pos_weight=None, time_weight=None, time_boundaries=None) -> List[str]:
+    """The reasons the Triton backend cannot take these inputs (empty: it can)."""
+    reasons = []
+    if _TRITON_MISSING:
+        reasons.append("triton is not installed")
+    if q.device.type == "cpu":
+        if not _INTERPRET:
+            reasons.append("needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    elif q.device.type != "cuda":
+        reasons.append(f"needs CUDA tensors, got {q.device.type} tensors")
+    tables = [t for t in (pos_weight, time_weight) if t is not None]
+    if q.dtype == torch.float64 or any(t.dtype == torch.float64 for t in tables):
+        reasons.append("float64 not supported")
+    if _INTERPRET and q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        reasons.append("bfloat16 not supported under the Triton interpreter (its bf16 dot is wrong)")
+    dqk, dv = q.shape[-1], v.shape[-1]
+    if not (1 <= dqk <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
+        reasons.append(f"head dim D not supported (Dqk = {dqk}, Dv = {dv}; 1..{MAX_HEAD_DIM} work)")
+    if time_boundaries is not None and time_boundaries.shape[0] > MAX_BOUNDARIES:
+        reasons.append(f"more than {MAX_BOUNDARIES} time boundaries ({time_boundaries.shape[0]})")
+    return reasons
+
+
+def _longest(seq_offsets: Tensor) -> int:
+    if seq_offsets.shape[0] <= 1:
+        return 0
+    return int((seq_offsets[1:] - seq_offsets[:-1]).max())
+
+
+def _last_dim_unit(x: Optional[Tensor]) -> Optional[Tensor]:
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def _table_grad_shape(table: Optional[Tensor], need: bool):
+    return tuple(table.shape) if table is not None and need else (0,)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# custom ops
+# ---------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("hstu_kernels::triton_hstu_attention_fwd", mutates_args=())
+def triton_hstu_attention_fwd(
+    q: Tensor, k: Tensor, v: Tensor, seq_offsets: Tensor, max_seq_len: int, max_len: int, alpha: float,
+    scale: float, timestamps: Optional[Tensor], query_timestamps: Optional[Tensor], pos_weight: Optional[Tensor],
+    time_weight: Optional[Tensor], time_boundaries: Optional[Tensor], num_targets: Optional[Tensor],
+    max_attn_len: int, fp32_precision: str,
+) -> Tensor:
+    """HSTU attention forward with the fused Triton kernel. ``max_len < 0``: the longest sequence is computed."""
+    from .triton_fwd import hstu_attn_fwd
+
+    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    if max_len < 0:
+        max_len = _longest(seq_offsets)
+    return hstu_attn_fwd(
+        q, k, v, seq_offsets.contiguous(), max_seq_len, max_len, alpha=alpha, scale=scale, timestamps=timestamps,
+        query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
+        time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len,
+        fp32_precision=fp32_precision,
+    )
+
+
+@triton_hstu_attention_fwd.register_fake
+def _(q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps, pos_weight,
+      time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision):
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+
+
+@torch.library.custom_op("hstu_kernels::triton_hstu_attention_bwd", mutates_args=())
+def triton_hstu_attention_bwd(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, seq_offsets: Tensor, max_seq_len: int, max_len: int,
+    alpha: float, scale: float, timestamps: Optional[Tensor], query_timestamps: Optional[Tensor],
+    pos_weight: Optional[Tensor], time_weight: Optional[Tensor], time_boundaries: Optional[Tensor],
+    num_targets: Optional[Tensor], max_attn_len: int, fp32_precision: str, need_dpw: bool, need_dtw: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv, d pos_weight, d time_weight); an absent table gradient is an empty tensor."""
+    from .triton_bwd import hstu_attn_bwd
+
+    q, k, v, grad_out = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(grad_out)
+    if max_len < 0:
+        max_len = _longest(seq_offsets)
+    dq, dk, dv, dpw, dtw = hstu_attn_bwd(
+        grad_out, q, k, v, seq_offsets.contiguous(), max_seq_len, max_len, alpha=alpha, scale=scale,
+        timestamps=timestamps, query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
+        time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len,
+        need_dpw=need_dpw, need_dtw=need_dtw, fp32_precision=fp32_precision,
+    )
+    empty = q.new_empty((0,), dtype=torch.float32)
+    return dq, dk, dv, (empty if dpw is None else dpw), (empty.clone() if dtw is None else dtw)
+
+
+@triton_hstu_attention_bwd.register_fake
+def _(grad_out, q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps,
+      pos_weight, time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision, need_dpw, need_dtw):
+    dpw_dtype = pos_weight.dtype if pos_weight is not None and need_dpw else torch.float32
+    dtw_dtype = time_weight.dtype if time_weight is not None and need_dtw else torch.float32
+    return (
+        torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+        q.new_empty(_table_grad_shape(pos_weight, need_dpw), dtype=dpw_dtype),
+        q.new_empty(_table_grad_shape(time_weight, need_dtw), dtype=dtw_dtype),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# autograd
+# ---------------------------------------------------------------------------------------------------------------
+# positions of the differentiable inputs of the forward op
+_Q, _K, _V, _PW, _TW = 0, 1, 2, 10, 11
+_NUM_FWD_INPUTS = 16
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps, pos_weight,
+     time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision) = inputs
+    ctx.save_for_backward(q, k, v, seq_offsets, timestamps, query_timestamps, pos_weight, time_weight,
+                          time_boundaries, num_targets)
+    ctx.hstu_args = (max_seq_len, max_len, alpha, scale, max_attn_len, fp32_precision)
+
+
+def _backward(ctx, grad_out):
+    (q, k, v, seq_offsets, timestamps, query_timestamps, pos_weight, time_weight, time_boundaries,
+     num_targets) = ctx.saved_tensors
+    max_seq_len, max_len, alpha, scale, max_attn_len, fp32_precision = ctx.hstu_args
+    need = ctx.needs_input_grad
+    need_dpw = pos_weight is not None and bool(need[_PW])
+    need_dtw = time_weight is not None and bool(need[_TW])
+    dq, dk, dv, dpw, dtw = triton_hstu_attention_bwd(
+        grad_out, q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps,
+        pos_weight, time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision, need_dpw, need_dtw,
+    )
+    grads = [None] * _NUM_FWD_INPUTS
+    grads[_Q], grads[_K], grads[_V] = dq, dk, dv
+    grads[_PW] = dpw if need_dpw else None
+    grads[_TW] = dtw if need_dtw else None
+    return tuple(grads)
+
+
+torch.library.register_autograd(
+    "hstu_kernels::triton_hstu_attention_fwd", _backward, setup_context=_setup_context
+)
+
+
+class HSTUAttentionTritonFunction(torch.autograd.Function):
+    """Autograd for the fused kernels: forward and backward are the two custom ops above."""
+
+    @staticmethod
+    def forward(q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps,
+                pos_weight, time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision):
+        return triton_hstu_attention_fwd(
+            q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps, pos_weight,
+            time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision,
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _backward(ctx, grad_out)
+
+
+def hstu_attention_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    seq_offsets: Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float = 1.0,
+    scale: Optional[float] = None,
+    timestamps: Optional[Tensor] = None,
+    query_timestamps: Optional[Tensor] = None,
+    pos_weight: Optional[Tensor] = None,
+    time_weight: Optional[Tensor] = None,
+    time_boundaries: Optional[Tensor] = None,
+    num_targets: Optional[Tensor] = None,
+    max_attn_len: int = 0,
+    max_len: Optional[int] = None,
+) -> Tensor:
+    """HSTU attention with the fused Triton kernels (same meaning and keywords as ``naive_hstu_attention``).
+
+    ``max_len`` is the batch's longest sequence; None reads it from ``seq_offsets`` (one host synchronisation).
+    """
+    if scale is None:
+        scale = 1.0 / max_seq_len
+    return HSTUAttentionTritonFunction.apply(
+        _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), seq_offsets, int(max_seq_len),
+        -1 if max_len is None else int(max_len), float(alpha), float(scale), timestamps, query_timestamps,
+        pos_weight, time_weight, time_boundaries, num_targets, int(max_attn_len), _fp32_precision,
+    )
