@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         log(f"resumed from {out_dir / 'last.pt'} after epoch {state['epoch']}")
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
     eval_kw = dict(batch_size=cfg.eval_batch_size, device=device, progress=cfg.progress)
-    meta = {"item_ids": data.item_ids.tolist(), "data_dir": str(data.data_dir), "dataset": data.name}
+    meta = {"item_ids": data.item_ids.tolist(), "data_dir": str(Path(data.data_dir).resolve()), "dataset": data.name}
 
     def checkpoint(path):
         save_checkpoint(path, {
