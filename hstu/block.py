@@ -7,6 +7,7 @@ from torch import nn
 from hstu_kernels.ops.hstu_attention import choose_backend, fast_backends_available, hstu_attention
 from hstu_kernels.ops.hstu_attention.checks import check_hstu_attention_args
 from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention, naive_hstu_attention_padded
+from hstu_kernels.ops.hstu_cached_attention import hstu_cached_attention
 
 from .bias import DEFAULT_TIME_BOUNDARIES, RelativeAttentionBias
 from .jagged import jagged_to_padded, lengths_to_offsets, padded_to_jagged
@@ -70,7 +71,8 @@ class HSTUBlock(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
-    def _split(self, x: torch.Tensor):
+    def project(self, x: torch.Tensor):
+        """``x [..., D]`` -> ``u [..., D]`` and ``v, q, k [..., H, D / H]``: the block's pointwise projection."""
         u, v, q, k = F.silu(self.uvqk(x)).chunk(4, dim=-1)
         heads = (*x.shape[:-1], self.num_heads, self.dim // self.num_heads)
         return u, v.reshape(heads), q.reshape(heads), k.reshape(heads)
@@ -81,7 +83,8 @@ class HSTUBlock(nn.Module):
             kw.update(timestamps=timestamps, time_weight=self.bias.time_weight, time_boundaries=self.bias.time_boundaries)
         return kw
 
-    def _finish(self, x, u, attn):
+    def finish(self, x: torch.Tensor, u: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """``x + dropout(Linear(LayerNorm(attn) * u))``: the block's output from its attention ``[..., H, Dv]``."""
         return x + self.dropout(self.out(self.norm(attn.reshape(u.shape)) * u))
 
     def forward(
@@ -94,7 +97,18 @@ class HSTUBlock(nn.Module):
     ) -> torch.Tensor:
         """``x [L, D]`` jagged by ``seq_offsets [B+1]``; ``timestamps [L]`` int64 seconds (None: no time
         bias); ``num_targets [B]`` (None: no targets). Returns ``[L, D]``."""
-        u, v, q, k = self._split(x)
+        return self.forward_kv(x, seq_offsets, timestamps, num_targets, check)[0]
+
+    def forward_kv(
+        self,
+        x: torch.Tensor,
+        seq_offsets: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+        num_targets: Optional[torch.Tensor] = None,
+        check: bool = True,
+    ):
+        """``forward`` that also returns this block's keys and values: ``(y [L, D], k [L, H, d], v [L, H, d])``."""
+        u, v, q, k = self.project(x)
         kw = self._attn_kwargs(timestamps)
         if self.attn_activation == "softmax":
             longest = check_hstu_attention_args(
@@ -111,7 +125,40 @@ class HSTUBlock(nn.Module):
             attn = hstu_attention(
                 q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, backend=backend, check=check, **kw
             )
-        return self._finish(x, u, attn)
+        return self.finish(x, u, attn), k, v
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cand_offsets: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        cache_offsets: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+        cache_timestamps: Optional[torch.Tensor] = None,
+        check: bool = True,
+    ) -> torch.Tensor:
+        """Candidate tokens through this block against cached history keys/values (M-FALCON).
+
+        ``x [C, D]`` candidates jagged per user by ``cand_offsets [B+1]``; ``k_cache, v_cache [Lh, H, d]`` this
+        block's history keys/values jagged by ``cache_offsets [B+1]``; ``timestamps, query_timestamps [C]`` and
+        ``cache_timestamps [Lh]`` (all None: no time bias). Equal to the candidate rows of ``forward`` on each
+        user's history followed by its candidates as targets. Returns ``[C, D]``.
+        """
+        if self.attn_activation != "silu":
+            raise ValueError("HSTUBlock.forward_cached supports attn_activation='silu' only")
+        u, v, q, k = self.project(x)
+        kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len, "pos_weight": self.bias.pos_weight}
+        if timestamps is not None:
+            kw.update(
+                timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
+                time_weight=self.bias.time_weight, time_boundaries=self.bias.time_boundaries,
+            )
+        attn = hstu_cached_attention(
+            q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, self.max_seq_len, check=check, **kw
+        )
+        return self.finish(x, u, attn)
 
     def forward_padded(
         self,
@@ -127,10 +174,10 @@ class HSTUBlock(nn.Module):
             ts = None if timestamps is None else padded_to_jagged(timestamps, lengths)
             y = self.forward(padded_to_jagged(x, lengths), offsets, ts, num_targets)
             return jagged_to_padded(y, offsets, x.shape[1])[0]
-        u, v, q, k = self._split(x)
+        u, v, q, k = self.project(x)
         attn = naive_hstu_attention_padded(
             q, k, v, lengths, self.max_seq_len, num_targets=num_targets, activation=self.attn_activation,
             **self._attn_kwargs(timestamps),
         )
         tok = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]
-        return torch.where(tok, self._finish(x, u, attn), torch.zeros((), dtype=x.dtype, device=x.device))
+        return torch.where(tok, self.finish(x, u, attn), torch.zeros((), dtype=x.dtype, device=x.device))

@@ -4,10 +4,13 @@ import torch
 from torch import nn
 
 from hstu_kernels.ops.hstu_attention.checks import check_hstu_attention_args
+from hstu_kernels.ops.hstu_cached_attention import check_hstu_cached_attention_args
 
+from .actions import UNKNOWN
 from .bias import DEFAULT_TIME_BOUNDARIES
 from .block import HSTUBlock
 from .embedding import FusedInputEmbedding
+from .kv_cache import KVCache
 
 
 class HSTUEncoder(nn.Module):
@@ -16,6 +19,11 @@ class HSTUEncoder(nn.Module):
     ``forward(items [L], actions [L], seq_offsets [B+1], timestamps [L], num_targets [B] | None) -> [L, D]``.
     ``forward_padded`` takes ``[B, T]`` tensors and ``lengths [B]`` and returns ``[B, T, D]``.
     ``fused=True`` runs every block's attention on the fastest fused kernel (SiLU attention only).
+
+    Serving (M-FALCON): ``prefill(history) -> KVCache`` encodes histories once, keeping every block's keys and
+    values; ``score_candidates(cache, candidates)`` then runs candidate tokens (action UNKNOWN) through every
+    block against the cache, in microbatches, with the same result as ``forward`` on history + candidates as
+    targets.
     """
 
     def __init__(
@@ -85,3 +93,142 @@ class HSTUEncoder(nn.Module):
         for block in self.blocks:
             x = block.forward_padded(x, lengths, timestamps, num_targets)
         return x
+
+    def _require_eval(self, what: str) -> None:
+        if self.training:
+            raise ValueError(f"HSTUEncoder.{what} is for serving: call .eval() first (dropout would make it random)")
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        items: torch.Tensor,
+        actions: torch.Tensor,
+        seq_offsets: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+    ) -> KVCache:
+        """Encode user histories once and keep what candidate scoring needs (eval mode, no autograd).
+
+        Args:
+            items, actions: ``[Lh]`` int64 history events, jagged by ``seq_offsets [B+1]``; each history is 0 to
+                ``max_seq_len - 1`` long (candidates then sit at position m < max_seq_len; 0: cold start).
+            timestamps: ``[Lh]`` int64 seconds, or None for no time bias (then candidates take none either).
+
+        Returns:
+            a ``KVCache`` with every block's history keys and values, the offsets, lengths, timestamps and the
+            encoder output at each user's last history position (the retrieval user vector; zeros if m = 0).
+        """
+        self._require_eval("prefill")
+        x = self.input_dropout(self.embedding(items, actions))
+        longest = check_hstu_attention_args(
+            x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
+        )
+        if longest >= self.max_seq_len:
+            raise ValueError(
+                f"prefill: a history has {longest} events; at most max_seq_len - 1 = {self.max_seq_len - 1} fit, "
+                "since candidates sit at position m"
+            )
+        ks, vs = [], []
+        for block in self.blocks:
+            x, k, v = block.forward_kv(x, seq_offsets, timestamps, None, check=False)
+            ks.append(k)
+            vs.append(v)
+        offsets = seq_offsets.to(torch.int64)
+        lengths = offsets[1:] - offsets[:-1]
+        if x.shape[0] == 0:
+            last = x.new_zeros((lengths.shape[0], x.shape[1]))
+        else:
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            last = torch.where((lengths > 0)[:, None], x[(offsets[1:] - 1).clamp(min=0)], zero)
+        return KVCache(
+            k=ks, v=vs, seq_offsets=offsets, lengths=lengths,
+            timestamps=None if timestamps is None else timestamps.to(torch.int64), last_output=last, max_len=longest,
+        )
+
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        cache: KVCache,
+        cand_items: torch.Tensor,
+        cand_offsets: torch.Tensor,
+        cand_timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+        microbatch_size: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Encoder outputs of candidate tokens against cached histories (M-FALCON; eval mode, no autograd).
+
+        Each candidate is a target token (its item, action UNKNOWN) at position m (its user's history length):
+        it sees the user's whole history (within ``max_attn_len``) and itself, never another candidate, so the
+        result equals the candidate rows of ``forward`` on history + candidates with ``num_targets`` = the
+        number of candidates, whatever the microbatching. The cache is read, never written.
+
+        Args:
+            cache: from ``prefill``.
+            cand_items: ``[C]`` int64 item ids, jagged per user by ``cand_offsets [B+1]`` (0 per user allowed).
+            cand_timestamps: ``[C]`` int64 seconds, the candidates' own times. Default: the request time, taken as
+                each user's last history timestamp (0 for a cold-start user, where it has no effect). Ignored
+                with a cache prefilled without timestamps.
+            query_timestamps: ``[C]`` the query side of the time bias (default ``cand_timestamps``).
+            microbatch_size: b_m, candidates per user per microbatch (None: all at once). Each user's candidates
+                are cut into chunks of b_m; microbatch i holds every user's chunk i.
+
+        Returns:
+            ``[C, D]`` candidate outputs, in the order of ``cand_items``.
+        """
+        self._require_eval("score_candidates")
+        B = cache.num_users
+        if cand_items.dim() != 1:
+            raise ValueError(f"cand_items must have shape [C], got {tuple(cand_items.shape)}")
+        if cand_offsets.dim() != 1 or cand_offsets.shape[0] != B + 1:
+            raise ValueError(
+                f"cand_offsets must have shape [B+1] = [{B + 1}] (the cache's users), got {tuple(cand_offsets.shape)}"
+            )
+        bm = microbatch_size
+        if bm is not None and (isinstance(bm, bool) or not isinstance(bm, int) or bm < 1):
+            raise ValueError(f"microbatch_size must be a positive int or None, got {microbatch_size!r}")
+        C = cand_items.shape[0]
+        cand_offsets = cand_offsets.to(torch.int64)
+        n_c = cand_offsets[1:] - cand_offsets[:-1]
+        x0 = self.input_dropout(self.embedding(cand_items, torch.full_like(cand_items, UNKNOWN)))
+        ts = qts = None
+        if cache.timestamps is not None:
+            ts = cand_timestamps
+            if ts is None:
+                ts = torch.repeat_interleave(cache.request_times(), n_c.clamp(min=0), output_size=C)
+            qts = query_timestamps
+        elif cand_timestamps is not None or query_timestamps is not None:
+            raise ValueError("the cache was prefilled without timestamps: candidates cannot take timestamps")
+        if len(self.blocks) == 0:
+            return x0
+        # one check (one host sync) for every layer and microbatch: offsets, timestamps, history lengths
+        probe = x0[:, None, :1]
+        check_hstu_cached_attention_args(
+            probe, probe, probe, cand_offsets, cache.k[0][:, :1, :1], cache.v[0][:, :1, :1], cache.seq_offsets,
+            self.max_seq_len, timestamps=ts, query_timestamps=qts, cache_timestamps=cache.timestamps,
+        )
+
+        def run(rows, offsets):
+            pick = (lambda a: a) if rows is None else (lambda a: None if a is None else a[rows])
+            x, t, qt = pick(x0), pick(ts), pick(qts)
+            for block, k, v in zip(self.blocks, cache.k, cache.v):
+                x = block.forward_cached(x, offsets, k, v, cache.seq_offsets, t, qt, cache.timestamps, check=False)
+            return x
+
+        most = int(n_c.max()) if B > 0 and C > 0 else 0
+        if microbatch_size is None or most <= microbatch_size:
+            return run(None, cand_offsets)
+        # microbatch i holds candidates [i * b_m, (i + 1) * b_m) of every user, users in order
+        nchunks = -(-most // microbatch_size)
+        seg = torch.repeat_interleave(torch.arange(B, device=x0.device), n_c, output_size=C)
+        chunk = (torch.arange(C, device=x0.device) - cand_offsets[seg]) // microbatch_size
+        order = torch.argsort(chunk, stable=True)
+        counts = torch.bincount(chunk * B + seg, minlength=nchunks * B).reshape(nchunks, B)
+        sizes = counts.sum(1).tolist()
+        offsets = torch.zeros(nchunks, B + 1, dtype=torch.int64, device=x0.device)
+        torch.cumsum(counts, 1, out=offsets[:, 1:])
+        out = x0.new_empty(x0.shape)
+        start = 0
+        for i, size in enumerate(sizes):
+            rows = order[start:start + size]
+            out[rows] = run(rows, offsets[i])
+            start += size
+        return out

@@ -10,6 +10,7 @@ from torch import nn
 from .actions import NUM_ACTIONS
 from .encoder import HSTUEncoder
 from .jagged import jagged_to_padded
+from .kv_cache import KVCache
 
 
 @dataclass
@@ -26,6 +27,20 @@ class ModelConfig:
     fused: bool = False
     temperature: float = 0.05
     num_negatives: int = 128
+
+
+@dataclass
+class CandidateScores:
+    """What ``HSTURecommender.score_candidates`` returns, one row per candidate (in the input order).
+
+    outputs: ``[C, D]`` encoder outputs of the candidate tokens. ratings: ``[C]`` predicted ratings (the rating
+    head on ``outputs``). retrieval: ``[C]`` cosine(user vector at the last history position, candidate item
+    embedding) / temperature (0 for a cold-start user, whose user vector is zero).
+    """
+
+    outputs: torch.Tensor
+    ratings: torch.Tensor
+    retrieval: torch.Tensor
 
 
 class HSTURecommender(nn.Module):
@@ -104,3 +119,30 @@ class HSTURecommender(nn.Module):
     def predict_ratings(self, target_out: torch.Tensor) -> torch.Tensor:
         """``[T, D]`` target-token outputs -> ``[T]`` predicted ratings."""
         return self.rating_head(target_out).squeeze(-1)
+
+    def prefill(self, items, actions, seq_offsets, timestamps=None) -> KVCache:
+        """Encode user histories once for candidate scoring: see ``HSTUEncoder.prefill``."""
+        return self.encoder.prefill(items, actions, seq_offsets, timestamps)
+
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        cache: KVCache,
+        cand_items: torch.Tensor,
+        cand_offsets: torch.Tensor,
+        cand_timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
+        microbatch_size: Optional[int] = None,
+    ) -> CandidateScores:
+        """M-FALCON scoring of candidates (jagged per user by ``cand_offsets [B+1]``) against ``cache``.
+
+        The arguments are ``HSTUEncoder.score_candidates``'s (candidate timestamps default to the request time,
+        each user's last history timestamp). Returns per-candidate outputs, rating predictions and retrieval
+        scores; none of them depends on ``microbatch_size`` or on the other candidates.
+        """
+        out = self.encoder.score_candidates(cache, cand_items, cand_offsets, cand_timestamps, query_timestamps, microbatch_size)
+        n_c = (cand_offsets[1:] - cand_offsets[:-1]).to(torch.int64)
+        user = torch.repeat_interleave(cache.last_output, n_c, dim=0, output_size=cand_items.shape[0])
+        item = F.normalize(self.encoder.item_table[cand_items], dim=-1).to(user.dtype)
+        retrieval = (F.normalize(user, dim=-1) * item).sum(-1) / self.config.temperature
+        return CandidateScores(outputs=out, ratings=self.predict_ratings(out), retrieval=retrieval)

@@ -24,7 +24,7 @@ class TrainConfig:
     dataset: str = "ml-1m"
     output_dir: str = "runs/hstu"
     epochs: int = 100
-    batch_size: int = 128
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
     rating_weight: float = 1.0

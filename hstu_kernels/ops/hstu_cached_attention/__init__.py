@@ -1,0 +1,4 @@
+from .interface import check_hstu_cached_attention_args, hstu_cached_attention
+from .naive import naive_hstu_cached_attention
+
+__all__ = ["hstu_cached_attention", "naive_hstu_cached_attention", "check_hstu_cached_attention_args"]

@@ -1,0 +1,224 @@
+"""The public ``hstu_cached_attention``: checks arguments, then dispatches to a backend.
+
+Only the naive op exists so far: ``"auto"`` and ``"torch"`` run it; ``"triton"`` and ``"cuda"`` raise a
+``ValueError`` listing the available backends.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor
+from .naive import naive_hstu_cached_attention
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+_NOT_IMPLEMENTED = {
+    "triton": "the Triton cached-attention kernel is not implemented yet",
+    "cuda": "no CUDA kernels exist yet",
+}
+
+
+def _choose_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend in _NOT_IMPLEMENTED:
+        raise ValueError(
+            f"hstu_cached_attention: backend {backend!r} is not implemented yet ({_NOT_IMPLEMENTED[backend]}); "
+            "available: auto, torch"
+        )
+    return "torch"
+
+
+def check_hstu_cached_attention_args(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cand_offsets: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_offsets: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float = 1.0,
+    scale: Optional[float] = None,
+    timestamps: Optional[torch.Tensor] = None,
+    query_timestamps: Optional[torch.Tensor] = None,
+    cache_timestamps: Optional[torch.Tensor] = None,
+    pos_weight: Optional[torch.Tensor] = None,
+    time_weight: Optional[torch.Tensor] = None,
+    time_boundaries: Optional[torch.Tensor] = None,
+    max_attn_len: int = 0,
+    check_values: bool = True,
+) -> Optional[Tuple[int, int]]:
+    """Validate every argument of ``hstu_cached_attention``; return (most candidates, longest history) of any
+    user, or None when the value checks are skipped."""
+    _tensor("q", q, dims=3, dtypes=FLOAT_DTYPES, device=None, kind="a floating tensor")
+    dev = q.device
+    for name, x in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _tensor(name, x, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+    if any(x.dtype != q.dtype for x in (k, v, k_cache, v_cache)):
+        raise TypeError(
+            f"q, k, v, k_cache, v_cache must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}, "
+            f"{k_cache.dtype}, {v_cache.dtype}"
+        )
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape [C, H, Dqk] = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"v must have shape [C, H, Dv] with q's C, H = {tuple(q.shape[:2])}, got {tuple(v.shape)}")
+    C, H, Dqk, Dv = q.shape[0], q.shape[1], q.shape[2], v.shape[2]
+    if k_cache.shape[1:] != (H, Dqk):
+        raise ValueError(f"k_cache must have shape [Lh, H, Dqk] = [Lh, {H}, {Dqk}], got {tuple(k_cache.shape)}")
+    if v_cache.shape != (k_cache.shape[0], H, Dv):
+        raise ValueError(
+            f"v_cache must have shape [Lh, H, Dv] = [{k_cache.shape[0]}, {H}, {Dv}], got {tuple(v_cache.shape)}"
+        )
+    Lh = k_cache.shape[0]
+    for name, x in (("cand_offsets", cand_offsets), ("cache_offsets", cache_offsets)):
+        _tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+        if x.shape[0] < 1:
+            raise ValueError(f"{name} must have B+1 >= 1 entries, got an empty tensor")
+    if cache_offsets.shape != cand_offsets.shape:
+        raise ValueError(
+            f"cache_offsets and cand_offsets must both have B+1 entries, got {cache_offsets.shape[0]} and "
+            f"{cand_offsets.shape[0]}"
+        )
+    B = cand_offsets.shape[0] - 1
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+    if isinstance(max_attn_len, bool) or not isinstance(max_attn_len, int) or max_attn_len < 0:
+        raise ValueError(f"max_attn_len must be an int >= 0 (0: no window), got {max_attn_len!r}")
+    for name, x in (("alpha", alpha), ("scale", scale)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+
+    for name, x, n in (
+        ("timestamps", timestamps, C), ("query_timestamps", query_timestamps, C), ("cache_timestamps", cache_timestamps, Lh)
+    ):
+        if x is not None:
+            _tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor of seconds")
+            if x.shape[0] != n:
+                dim = "Lh" if name == "cache_timestamps" else "C"
+                raise ValueError(f"{name} must have shape [{dim}] = [{n}], got {tuple(x.shape)}")
+    if query_timestamps is not None and timestamps is None:
+        raise ValueError("query_timestamps needs timestamps (the candidates' own times) too")
+    if (timestamps is None) != (cache_timestamps is None):
+        raise ValueError("timestamps and cache_timestamps must be given together (the candidates' and the history's times)")
+    if pos_weight is not None:
+        _tensor("pos_weight", pos_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+        if pos_weight.shape[0] not in (1, H) or pos_weight.shape[1] != 2 * max_seq_len - 1:
+            raise ValueError(
+                f"pos_weight must have shape [Hb, 2 * max_seq_len - 1] = [1 or {H}, {2 * max_seq_len - 1}], "
+                f"got {tuple(pos_weight.shape)}"
+            )
+    if time_weight is not None:
+        _tensor("time_weight", time_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+        if timestamps is None or time_boundaries is None:
+            raise ValueError("time_weight needs timestamps, cache_timestamps and time_boundaries")
+    if time_boundaries is not None:
+        _tensor("time_boundaries", time_boundaries, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+        if time_weight is None:
+            raise ValueError("time_boundaries is given without time_weight")
+        nb = time_boundaries.shape[0]
+        if time_weight.shape[0] not in (1, H) or time_weight.shape[1] != nb + 1:
+            raise ValueError(
+                f"time_weight must have shape [Hb, len(time_boundaries) + 1] = [1 or {H}, {nb + 1}], "
+                f"got {tuple(time_weight.shape)}"
+            )
+    if not check_values:
+        return None
+
+    # every value check below is a device tensor; one .tolist() reads them all back
+    zero = torch.zeros((), dtype=torch.bool, device=dev)
+    flags, lens = {}, {}
+    for name, offsets, total in (("cand_offsets", cand_offsets, C), ("cache_offsets", cache_offsets, Lh)):
+        o = offsets.to(torch.int64)
+        lens[name] = o[1:] - o[:-1]
+        flags[f"{name}[0] != 0"] = o[0] != 0
+        flags[f"{name}[-1] != {'C' if name == 'cand_offsets' else 'Lh'} = {total}"] = o[-1] != total
+        flags[f"{name} decreases somewhere"] = (lens[name] < 0).any() if B > 0 else zero
+    m = lens["cache_offsets"]
+    if B > 0:
+        flags[f"a history is longer than max_seq_len - 1 = {max_seq_len - 1} (candidates sit at position m)"] = (
+            m >= max_seq_len
+        ).any()
+    for name, x in (("timestamps", timestamps), ("query_timestamps", query_timestamps), ("cache_timestamps", cache_timestamps)):
+        if x is not None and x.shape[0] > 0:
+            flags[f"{name} has a negative value"] = (x < 0).any()
+    if time_boundaries is not None and time_boundaries.shape[0] > 1:
+        flags["time_boundaries is not sorted"] = (time_boundaries[1:] < time_boundaries[:-1]).any()
+    none = torch.zeros((), dtype=torch.int64, device=dev)
+    most = [lens["cand_offsets"].max() if B > 0 else none, m.max() if B > 0 else none]
+    values = torch.stack([f.to(torch.int64) for f in flags.values()] + most).tolist()
+    bad = [msg for msg, hit in zip(flags, values[:-2]) if hit]
+    if bad:
+        detail = ""
+        if bad[0].startswith("a history"):
+            b = int(torch.nonzero(m >= max_seq_len)[0])
+            detail = f" (user {b}: history length {int(m[b])})"
+        elif "decreases" in bad[0]:
+            name = bad[0].split()[0]
+            b = int(torch.nonzero(lens[name] < 0)[0])
+            detail = f" (at user {b})"
+        raise ValueError(f"hstu_cached_attention: {bad[0]}{detail}")
+    return int(values[-2]), int(values[-1])
+
+
+def hstu_cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cand_offsets: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_offsets: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float = 1.0,
+    scale: Optional[float] = None,
+    timestamps: Optional[torch.Tensor] = None,
+    query_timestamps: Optional[torch.Tensor] = None,
+    cache_timestamps: Optional[torch.Tensor] = None,
+    pos_weight: Optional[torch.Tensor] = None,
+    time_weight: Optional[torch.Tensor] = None,
+    time_boundaries: Optional[torch.Tensor] = None,
+    max_attn_len: int = 0,
+    backend: str = "auto",
+    check: bool = True,
+) -> torch.Tensor:
+    """HSTU attention of candidate tokens against their users' cached history K/V (M-FALCON scoring).
+
+    Exactly the candidate rows of ``hstu_attention`` run on each user's history followed by that user's
+    candidates as ``num_targets``: each candidate (at position u = history length) sees the history within the
+    window and itself, never another candidate. The meaning is written in
+    ``hstu_kernels/ops/hstu_cached_attention/naive.py``.
+
+    Args:
+        q, k: ``[C, H, Dqk]``; v: ``[C, H, Dv]``: the candidates' own projections, jagged per user by
+            ``cand_offsets [B+1]`` (any number per user, 0 allowed).
+        k_cache: ``[Lh, H, Dqk]``; v_cache: ``[Lh, H, Dv]``: the users' cached histories, jagged by
+            ``cache_offsets [B+1]``, each 0 to ``max_seq_len - 1`` long (0: a cold-start user).
+        max_seq_len: sizes the position table and the default scale ``1 / max_seq_len``.
+        alpha, scale, pos_weight, time_weight, time_boundaries, max_attn_len: as in ``hstu_attention``.
+        timestamps: ``[C]`` the candidates' own times (the key side of their self term).
+        query_timestamps: ``[C]`` the query side of the time bias (default ``timestamps``; e.g. the request time).
+        cache_timestamps: ``[Lh]`` the history's times; given together with ``timestamps``.
+        backend: "auto" or "torch" (the naive op); "triton" and "cuda" are not implemented yet.
+        check: False skips the value checks (their host synchronisation) in hot loops.
+
+    Returns:
+        ``[C, H, Dv]`` in q's dtype.
+    """
+    _choose_backend(backend)
+    most = check_hstu_cached_attention_args(
+        q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, alpha=alpha, scale=scale,
+        timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
+        pos_weight=pos_weight, time_weight=time_weight, time_boundaries=time_boundaries, max_attn_len=max_attn_len,
+        check_values=check,
+    )
+    max_cands, max_hist = most if most is not None else (None, None)
+    return naive_hstu_cached_attention(
+        q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, alpha=alpha, scale=scale,
+        timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
+        pos_weight=pos_weight, time_weight=time_weight, time_boundaries=time_boundaries, max_attn_len=max_attn_len,
+        max_cands=max_cands, max_hist=max_hist,
+    )
