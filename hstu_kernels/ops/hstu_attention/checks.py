@@ -25,6 +25,32 @@ def _tensor(name, x, *, dims, dtypes, device, kind):
         raise ValueError(f"{name} is on {x.device} but q is on {device}: all tensors must share one device")
 
 
+def check_bias_tables(H, max_seq_len, pos_weight, time_weight, time_boundaries, has_timestamps, device,
+                      timestamp_names="timestamps"):
+    """Shapes, dtypes and devices of the relative-bias tables (shared by every attention op)."""
+    if pos_weight is not None:
+        _tensor("pos_weight", pos_weight, dims=2, dtypes=FLOAT_DTYPES, device=device, kind="a floating tensor")
+        if pos_weight.shape[0] not in (1, H) or pos_weight.shape[1] != 2 * max_seq_len - 1:
+            raise ValueError(
+                f"pos_weight must have shape [Hb, 2 * max_seq_len - 1] = [1 or {H}, {2 * max_seq_len - 1}], "
+                f"got {tuple(pos_weight.shape)}"
+            )
+    if time_weight is not None:
+        _tensor("time_weight", time_weight, dims=2, dtypes=FLOAT_DTYPES, device=device, kind="a floating tensor")
+        if not has_timestamps or time_boundaries is None:
+            raise ValueError(f"time_weight needs {timestamp_names} and time_boundaries")
+    if time_boundaries is not None:
+        _tensor("time_boundaries", time_boundaries, dims=1, dtypes=INT_DTYPES, device=device, kind="an integer tensor")
+        if time_weight is None:
+            raise ValueError("time_boundaries is given without time_weight")
+        nb = time_boundaries.shape[0]
+        if time_weight.shape[0] not in (1, H) or time_weight.shape[1] != nb + 1:
+            raise ValueError(
+                f"time_weight must have shape [Hb, len(time_boundaries) + 1] = [1 or {H}, {nb + 1}], "
+                f"got {tuple(time_weight.shape)}"
+            )
+
+
 def check_hstu_attention_args(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -78,27 +104,7 @@ def check_hstu_attention_args(
         _tensor("num_targets", num_targets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
         if num_targets.shape[0] != B:
             raise ValueError(f"num_targets must have shape [B] = [{B}], got {tuple(num_targets.shape)}")
-    if pos_weight is not None:
-        _tensor("pos_weight", pos_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
-        if pos_weight.shape[0] not in (1, H) or pos_weight.shape[1] != 2 * max_seq_len - 1:
-            raise ValueError(
-                f"pos_weight must have shape [Hb, 2 * max_seq_len - 1] = [1 or {H}, {2 * max_seq_len - 1}], "
-                f"got {tuple(pos_weight.shape)}"
-            )
-    if time_weight is not None:
-        _tensor("time_weight", time_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
-        if timestamps is None or time_boundaries is None:
-            raise ValueError("time_weight needs timestamps and time_boundaries")
-    if time_boundaries is not None:
-        _tensor("time_boundaries", time_boundaries, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
-        if time_weight is None:
-            raise ValueError("time_boundaries is given without time_weight")
-        nb = time_boundaries.shape[0]
-        if time_weight.shape[0] not in (1, H) or time_weight.shape[1] != nb + 1:
-            raise ValueError(
-                f"time_weight must have shape [Hb, len(time_boundaries) + 1] = [1 or {H}, {nb + 1}], "
-                f"got {tuple(time_weight.shape)}"
-            )
+    check_bias_tables(H, max_seq_len, pos_weight, time_weight, time_boundaries, timestamps is not None, dev)
     if not check_values:
         return None
 

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor
+from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor, check_bias_tables
 from .naive import naive_hstu_cached_attention
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
@@ -103,27 +103,10 @@ def check_hstu_cached_attention_args(
         raise ValueError("query_timestamps needs timestamps (the candidates' own times) too")
     if (timestamps is None) != (cache_timestamps is None):
         raise ValueError("timestamps and cache_timestamps must be given together (the candidates' and the history's times)")
-    if pos_weight is not None:
-        _tensor("pos_weight", pos_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
-        if pos_weight.shape[0] not in (1, H) or pos_weight.shape[1] != 2 * max_seq_len - 1:
-            raise ValueError(
-                f"pos_weight must have shape [Hb, 2 * max_seq_len - 1] = [1 or {H}, {2 * max_seq_len - 1}], "
-                f"got {tuple(pos_weight.shape)}"
-            )
-    if time_weight is not None:
-        _tensor("time_weight", time_weight, dims=2, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
-        if timestamps is None or time_boundaries is None:
-            raise ValueError("time_weight needs timestamps, cache_timestamps and time_boundaries")
-    if time_boundaries is not None:
-        _tensor("time_boundaries", time_boundaries, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
-        if time_weight is None:
-            raise ValueError("time_boundaries is given without time_weight")
-        nb = time_boundaries.shape[0]
-        if time_weight.shape[0] not in (1, H) or time_weight.shape[1] != nb + 1:
-            raise ValueError(
-                f"time_weight must have shape [Hb, len(time_boundaries) + 1] = [1 or {H}, {nb + 1}], "
-                f"got {tuple(time_weight.shape)}"
-            )
+    check_bias_tables(
+        H, max_seq_len, pos_weight, time_weight, time_boundaries, timestamps is not None, dev,
+        timestamp_names="timestamps, cache_timestamps",
+    )
     if not check_values:
         return None
 
