@@ -25,6 +25,17 @@ def _tensor(name, x, *, dims, dtypes, device, kind):
         raise ValueError(f"{name} is on {x.device} but q is on {device}: all tensors must share one device")
 
 
+def check_scalars(max_seq_len, max_attn_len, alpha, scale) -> None:
+    """The scalar arguments every attention op shares."""
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+    if isinstance(max_attn_len, bool) or not isinstance(max_attn_len, int) or max_attn_len < 0:
+        raise ValueError(f"max_attn_len must be an int >= 0 (0: no window), got {max_attn_len!r}")
+    for name, x in (("alpha", alpha), ("scale", scale)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+
+
 def check_bias_tables(H, max_seq_len, pos_weight, time_weight, time_boundaries, has_timestamps, device,
                       timestamp_names="timestamps"):
     """Shapes, dtypes and devices of the relative-bias tables (shared by every attention op)."""
@@ -85,13 +96,7 @@ def check_hstu_attention_args(
     if seq_offsets.shape[0] < 1:
         raise ValueError("seq_offsets must have B+1 >= 1 entries, got an empty tensor")
     B = seq_offsets.shape[0] - 1
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
-        raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
-    if isinstance(max_attn_len, bool) or not isinstance(max_attn_len, int) or max_attn_len < 0:
-        raise ValueError(f"max_attn_len must be an int >= 0 (0: no window), got {max_attn_len!r}")
-    for name, x in (("alpha", alpha), ("scale", scale)):
-        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
-            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+    check_scalars(max_seq_len, max_attn_len, alpha, scale)
 
     for name, x in (("timestamps", timestamps), ("query_timestamps", query_timestamps)):
         if x is not None:

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor, check_bias_tables
+from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor, check_bias_tables, check_scalars
 from .naive import naive_hstu_cached_attention
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
@@ -83,13 +83,7 @@ def check_hstu_cached_attention_args(
             f"{cand_offsets.shape[0]}"
         )
     B = cand_offsets.shape[0] - 1
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
-        raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
-    if isinstance(max_attn_len, bool) or not isinstance(max_attn_len, int) or max_attn_len < 0:
-        raise ValueError(f"max_attn_len must be an int >= 0 (0: no window), got {max_attn_len!r}")
-    for name, x in (("alpha", alpha), ("scale", scale)):
-        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
-            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+    check_scalars(max_seq_len, max_attn_len, alpha, scale)
 
     for name, x, n in (
         ("timestamps", timestamps, C), ("query_timestamps", query_timestamps, C), ("cache_timestamps", cache_timestamps, Lh)
