@@ -49,12 +49,19 @@ def _parser():
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
-    r = sub.add_parser("recommend", help="top items for one user, with titles")
+    r = sub.add_parser("recommend", help="top items for one user, with titles: retrieval top-K, then M-FALCON ranking")
     r.add_argument("--checkpoint", required=True)
     _add_data_args(r)
     r.add_argument("--user", type=int, required=True, help="the user's MovieLens UserID")
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--keep-seen", action="store_true", help="allow items the user already rated")
+    r.add_argument("--retrieve-k", type=int, default=200,
+                   help="candidates retrieved over all items before ranking (default 200)")
+    r.add_argument("--index", default="auto", choices=["auto", "exact", "faiss"],
+                   help="retrieval index: exact matmul, or FAISS inner product (auto: FAISS when installed, on CPU)")
+    r.add_argument("--rating-weight", type=float, default=0.5,
+                   help="w of the ranking blend (1 - w) * cosine + w * (clamp(rating, 1, 5) - 1) / 4 "
+                        "(0: retrieval only, 1: predicted rating only; default 0.5)")
     return parser
 
 
@@ -92,14 +99,17 @@ def _eval(args):
 
 
 def _recommend(args):
-    from .serving import load_for_inference, recommend
+    from .serving import Ranker, load_for_inference, recommend
 
-    model, data, seqs, device = load_for_inference(args.checkpoint, args.data_dir, args.dataset, args.device)
-    rows = recommend(model, data, args.user, args.k, exclude_seen=not args.keep_seen, device=device)
-    print(f"top {args.k} for user {args.user}:")
-    print(f"{'rank':>4}  {'score':>7}  {'rating':>6}  title")
+    model, data, _, device = load_for_inference(args.checkpoint, args.data_dir, args.dataset, args.device)
+    ranker = Ranker(model, index=args.index, retrieve_k=args.retrieve_k, rating_weight=args.rating_weight,
+                    device=device)
+    rows = recommend(model, data, args.user, args.k, exclude_seen=not args.keep_seen, ranker=ranker)
+    print(f"top {len(rows)} for user {args.user} ({ranker.index} retrieval of {min(args.retrieve_k, model.config.num_items)}"
+          f" candidates, ranked by (1 - w) * cosine + w * (clamp(rating, 1, 5) - 1) / 4 with w = {ranker.rating_weight:g}):")
+    print(f"{'rank':>4}  {'retrieval':>9}  {'rating':>6}  {'final':>6}  title")
     for i, row in enumerate(rows, 1):
-        print(f"{i:>4}  {row['score']:>7.3f}  {row['rating']:>6.2f}  {row['title']}")
+        print(f"{i:>4}  {row['score']:>9.3f}  {row['rating']:>6.2f}  {row['final']:>6.3f}  {row['title']}")
 
 
 def main(argv=None) -> int:
