@@ -105,8 +105,8 @@ def _recommend(args):
     ranker = Ranker(model, index=args.index, retrieve_k=args.retrieve_k, rating_weight=args.rating_weight,
                     device=device)
     rows = recommend(model, data, args.user, args.k, exclude_seen=not args.keep_seen, ranker=ranker)
-    print(f"top {len(rows)} for user {args.user} ({ranker.index} retrieval of {min(args.retrieve_k, model.config.num_items)}"
-          f" candidates, ranked by (1 - w) * cosine + w * (clamp(rating, 1, 5) - 1) / 4 with w = {ranker.rating_weight:g}):")
+    print(f"top {len(rows)} for user {args.user}: retrieval top-{args.retrieve_k} ({ranker.index}), ranked by "
+          f"final = (1 - w) * cosine + w * (clamp(rating, 1, 5) - 1) / 4, w = {ranker.rating_weight:g}")
     print(f"{'rank':>4}  {'retrieval':>9}  {'rating':>6}  {'final':>6}  title")
     for i, row in enumerate(rows, 1):
         print(f"{i:>4}  {row['score']:>9.3f}  {row['rating']:>6.2f}  {row['final']:>6.3f}  {row['title']}")

@@ -109,6 +109,17 @@ class Ranker:
     are an arbitrary ``retrieve_k`` unseen items, ranked by rating. The FAISS index and the exact path's
     normalised item table are built in the constructor: call ``rebuild_index()`` after changing the model's
     item embeddings. The model must be in eval mode.
+
+    Args:
+        model: the recommender (left as it is: the ranker neither moves it nor changes its mode).
+        index: "auto", "exact" or "faiss" (``pip install faiss-cpu``, or the ``serve`` extra).
+        retrieve_k: K, candidates retrieved per user (capped at the catalogue size).
+        microbatch_size: candidates per user per M-FALCON pass (None: all at once); the scores do not depend on it.
+        rating_weight: w of the blend, in [0, 1].
+        device: where inputs go and exact retrieval runs (default: the model's device, where the model must be).
+
+    ``rank(items, actions, seq_offsets, timestamps, k=...)`` ranks a batch of users in one go (jagged, as
+    ``model.prefill`` takes them); ``retrieve(user_vectors, ...)`` is the retrieval stage alone.
     """
 
     def __init__(
@@ -262,7 +273,7 @@ class Ranker:
         seq_offsets: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         *,
-        k: int | None = 10,
+        k: int | None = None,
         exclude_seen: bool = True,
         seen_items: torch.Tensor | None = None,
         seen_offsets: torch.Tensor | None = None,
@@ -275,7 +286,7 @@ class Ranker:
                 An empty history is a cold-start user.
             timestamps: ``[L]`` int64 seconds, or None for no time bias. The candidates are scored at each user's
                 last history timestamp.
-            k: rows per user (None: all ``retrieve_k`` candidates); at most ``retrieve_k``.
+            k: rows per user, at most ``retrieve_k`` (default None: all ``retrieve_k`` candidates).
             exclude_seen: never return an item of the user's history (the whole of it, before the cut).
             seen_items, seen_offsets: with ``exclude_seen``, the items to exclude instead of the history, jagged
                 per user (e.g. a history longer than the one passed in).
