@@ -231,6 +231,7 @@ def compile_check(args):
     from triton.compiler import ASTSource
 
     from hstu_kernels.ops.hstu_attention import triton_bwd, triton_fwd
+    from hstu_kernels.ops.hstu_cached_attention import triton_kernel as cached
 
     tdt = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[args.dtype]
     ts = "i32" if args.ts_dtype == "int32" else "i64"
@@ -240,21 +241,25 @@ def compile_check(args):
     D = 128 if not args.shapes else int(args.shapes.split(";")[0].split(",")[3])
     bias = not args.no_bias
     for kind, fn, configs in (("fwd", triton_fwd._hstu_attn_fwd_kernel, triton_fwd._fwd_configs()),
-                              ("bwd", triton_bwd._hstu_attn_bwd_kernel, triton_bwd._bwd_configs())):
+                              ("bwd", triton_bwd._hstu_attn_bwd_kernel, triton_bwd._bwd_configs()),
+                              ("cached", cached._hstu_cached_attn_kernel, cached._configs())):
         types = {n: "i32" for n in fn.arg_names}
-        for n in ("Q", "K", "V", "Out", "DO", "DK", "DV_"):
+        for n in ("Q", "K", "V", "Out", "DO", "DK", "DV_", "KC", "VC"):
             types[n] = f"*{tdt}"
-        types.update(DQ="*fp32", SeqOffsets="*i64", NumTargets="*i64", TS=f"*{ts}", QTS=f"*{ts}", PW="*fp32",
-                     TW="*fp32", TB="*i64", DPW="*fp32", DTW="*fp32", alpha="fp32", scale="fp32")
+        types.update(DQ="*fp32", SeqOffsets="*i64", NumTargets="*i64", CandOffsets="*i64", CacheOffsets="*i64",
+                     TS=f"*{ts}", QTS=f"*{ts}", CTS=f"*{ts}", PW="*fp32", TW="*fp32", TB="*i64", DPW="*fp32",
+                     DTW="*fp32", alpha="fp32", scale="fp32")
         for c in configs:
             consts = dict(DQK=D, DV=D, BLOCK_DQK=D, BLOCK_DV=D, HAS_TARGETS=True, HAS_WINDOW=True, HAS_POS=bias,
                           HAS_TIME=bias, NUM_BOUNDARIES=len(BOUNDARIES), TIME_I32=ts == "i32",
                           INPUT_PRECISION="ieee" if tdt == "fp32" else "tf32", FAST_SIGMOID=tdt == "bf16", **c.kwargs)
             if kind == "bwd":
                 consts.update(NBP=8, COMPUTE_DPW=bias, COMPUTE_DTW=bias)
+            if kind == "cached":
+                del consts["HAS_TARGETS"]
             sig = {n: ("constexpr" if n in consts else types[n]) for n in fn.arg_names}
             # what Triton's launcher sees on a GPU: 16-aligned pointers and strides (head dims multiple of 16)
-            aligned = [n for n in fn.arg_names if n in ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV_")
+            aligned = [n for n in fn.arg_names if n in ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV_", "KC", "VC")
                        or (n.startswith("stride") and not n.endswith(("pwh", "twh")))]
             attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
             tag = f"{kind} {tdt} D={D} {c.kwargs} warps={c.num_warps} stages={c.num_stages}"

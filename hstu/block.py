@@ -7,6 +7,7 @@ from torch import nn
 from hstu_kernels.ops.hstu_attention import choose_backend, fast_backends_available, hstu_attention
 from hstu_kernels.ops.hstu_attention.checks import check_hstu_attention_args
 from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention, naive_hstu_attention_padded
+from hstu_kernels.ops.hstu_cached_attention import choose_backend as choose_cached_backend
 from hstu_kernels.ops.hstu_cached_attention import hstu_cached_attention
 
 from .bias import DEFAULT_TIME_BOUNDARIES, RelativeAttentionBias
@@ -144,7 +145,8 @@ class HSTUBlock(nn.Module):
         ``x [C, D]`` candidates jagged per user by ``cand_offsets [B+1]``; ``k_cache, v_cache [Lh, H, d]`` this
         block's history keys/values jagged by ``cache_offsets [B+1]``; ``timestamps, query_timestamps [C]`` and
         ``cache_timestamps [Lh]`` (all None: no time bias). Equal to the candidate rows of ``forward`` on each
-        user's history followed by its candidates as targets. Returns ``[C, D]``.
+        user's history followed by its candidates as targets. With ``fused=True`` the attention runs on the
+        Triton cached kernel (forward only: call it under ``torch.no_grad()``). Returns ``[C, D]``.
         """
         if self.attn_activation != "silu":
             raise ValueError("HSTUBlock.forward_cached supports attn_activation='silu' only")
@@ -155,8 +157,14 @@ class HSTUBlock(nn.Module):
                 timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
                 time_weight=self.bias.time_weight, time_boundaries=self.bias.time_boundaries,
             )
+        backend = "torch"
+        if self.fused:
+            backend = choose_cached_backend(
+                "fast", q, k, v, k_cache, v_cache, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries")
+            )
         attn = hstu_cached_attention(
-            q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, self.max_seq_len, check=check, **kw
+            q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, self.max_seq_len, backend=backend, check=check,
+            **kw,
         )
         return self.finish(x, u, attn)
 

@@ -114,8 +114,10 @@ def test_cached_op_argument_errors():
     with pytest.raises(ValueError, match="time_boundaries is not sorted"):
         hstu_cached_attention(**args(timestamps=c["ts"][:3], cache_timestamps=c["cts"][:5], time_weight=c["tw"],
                                      time_boundaries=BOUNDARIES.flip(0)))
-    with pytest.raises(ValueError, match="'triton' is not implemented yet.*available: auto, torch"):
+    with pytest.raises(ValueError, match="'triton' cannot take these inputs.*float64 not supported.*available: torch"):
         hstu_cached_attention(**args(), backend="triton")
+    with pytest.raises(ValueError, match="'cuda' cannot take these inputs.*no CUDA cached-attention kernel"):
+        hstu_cached_attention(**args(), backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         hstu_cached_attention(**args(), backend="nope")
 

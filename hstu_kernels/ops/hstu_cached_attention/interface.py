@@ -1,32 +1,59 @@
 """The public ``hstu_cached_attention``: checks arguments, then dispatches to a backend.
 
-Only the naive op exists so far: ``"auto"`` and ``"torch"`` run it; ``"triton"`` and ``"cuda"`` raise a
-``ValueError`` listing the available backends.
+Backends: ``"torch"`` (the naive op, CPU and GPU, differentiable) and ``"triton"`` (the fused kernel, forward
+only). ``"auto"`` takes Triton for CUDA tensors it can serve (and no gradient is being recorded), the naive op
+otherwise; ``"fast"`` (used by fused blocks) takes Triton or raises. An explicit backend that cannot take the
+inputs raises a ``ValueError`` with every backend's reasons.
 """
 
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor, check_bias_tables, check_scalars
+from . import triton_impl
 from .naive import naive_hstu_cached_attention
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
-_NOT_IMPLEMENTED = {
-    "triton": "the Triton cached-attention kernel is not implemented yet",
-    "cuda": "no CUDA kernels exist yet",
-}
+
+_IMPLS = {"torch": naive_hstu_cached_attention, "triton": triton_impl.hstu_cached_attention_triton}
 
 
-def _choose_backend(backend: str) -> str:
-    if backend not in BACKENDS:
+def backend_reasons(q, k, v, pos_weight=None, time_weight=None, time_boundaries=None,
+                    needs_grad: bool = False) -> Dict[str, List[str]]:
+    """For each backend, the reasons it cannot take these inputs (empty: it can)."""
+    return {
+        "torch": [],
+        "triton": triton_impl.unsupported_reasons(q, k, v, pos_weight, time_weight, time_boundaries, needs_grad),
+        "cuda": ["no CUDA cached-attention kernel exists yet"],
+    }
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def choose_backend(backend: str, q, k, v, k_cache, v_cache, pos_weight=None, time_weight=None,
+                   time_boundaries=None) -> str:
+    """Resolve ``backend`` ("auto", "fast", or a name) to one that can take the inputs, or raise a ValueError."""
+    if backend not in BACKENDS and backend != "fast":
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend in _NOT_IMPLEMENTED:
+    grad = _needs_grad(q, k, v, k_cache, v_cache, pos_weight, time_weight)
+    reasons = backend_reasons(q, k, v, pos_weight, time_weight, time_boundaries, grad)
+    summary = "; ".join(f"{name}: {', '.join(r) if r else 'available'}" for name, r in reasons.items())
+    if backend in ("auto", "fast"):
+        if (backend == "fast" or q.is_cuda) and not reasons["triton"]:
+            return "triton"
+        if backend == "fast":
+            raise ValueError(f"hstu_cached_attention: no fused backend can take these inputs: {summary}")
+        return "torch"
+    if reasons[backend]:
+        ok = [name for name, r in reasons.items() if not r]
         raise ValueError(
-            f"hstu_cached_attention: backend {backend!r} is not implemented yet ({_NOT_IMPLEMENTED[backend]}); "
-            "available: auto, torch"
+            f"hstu_cached_attention: backend {backend!r} cannot take these inputs ({', '.join(reasons[backend])}); "
+            f"available: {', '.join(ok)}. All backends: {summary}"
         )
-    return "torch"
+    return backend
 
 
 def check_hstu_cached_attention_args(
@@ -179,13 +206,14 @@ def hstu_cached_attention(
         timestamps: ``[C]`` the candidates' own times (the key side of their self term).
         query_timestamps: ``[C]`` the query side of the time bias (default ``timestamps``; e.g. the request time).
         cache_timestamps: ``[Lh]`` the history's times; given together with ``timestamps``.
-        backend: "auto" or "torch" (the naive op); "triton" and "cuda" are not implemented yet.
+        backend: "auto", "torch" (the naive op) or "triton" (forward only); "cuda" does not exist yet.
         check: False skips the value checks (their host synchronisation) in hot loops.
 
     Returns:
         ``[C, H, Dv]`` in q's dtype.
     """
-    _choose_backend(backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     most = check_hstu_cached_attention_args(
         q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, alpha=alpha, scale=scale,
         timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
@@ -193,7 +221,8 @@ def hstu_cached_attention(
         check_values=check,
     )
     max_cands, max_hist = most if most is not None else (None, None)
-    return naive_hstu_cached_attention(
+    name = choose_backend(backend, q, k, v, k_cache, v_cache, pos_weight, time_weight, time_boundaries)
+    return _IMPLS[name](
         q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, alpha=alpha, scale=scale,
         timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
         pos_weight=pos_weight, time_weight=time_weight, time_boundaries=time_boundaries, max_attn_len=max_attn_len,
