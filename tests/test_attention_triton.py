@@ -235,20 +235,6 @@ def test_non_contiguous_inputs():
     assert_matches_fp64(dict(base, q=dqk), max_attn_len=5)
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """torch.empty / torch.empty_like / Tensor.new_empty return NaN-filled floats: unwritten elements show."""
-    real_empty, real_empty_like, real_new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def poison(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_empty_like(*a, **kw)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: poison(real_new_empty(self, *a, **kw)))
-    assert torch.isnan(torch.empty(2)).all()
-
-
 @cpu_tier
 def test_poisoned_allocations(poisoned_empty):
     assert_matches_fp64(make_batch(LENGTHS, targets=TARGETS, qts=True, D=32, Dv=16), max_attn_len=6)

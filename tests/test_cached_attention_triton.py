@@ -72,19 +72,6 @@ def check(a, atol=2e-5, rtol=2e-5):
     return got
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """torch.empty / empty_like / new_empty return NaN-filled floats: unwritten elements show."""
-    real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def poison(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_like(*a, **kw)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: poison(real_new(self, *a, **kw)))
-
-
 # lengths: cold start, one event, odd, a block and a bit (block 16 under the interpreter)
 HIST = [0, 1, 7, 17, 33, 5]
 CANDS = [3, 1, 0, 18, 2, 35]

@@ -39,6 +39,7 @@ from .triton_fwd import (
     _boundary,
     _pos_bias,
     _sigmoid,
+    _tile_mask,
     _time_bias,
     _time_gap,
     _valid_mask,
@@ -64,12 +65,8 @@ def _bwd_tile(
     row_ok = offs_m < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q_mask = row_ok[:, None]
-    if BLOCK_DQK != DQK:
-        q_mask = q_mask & (offs_dqk[None, :] < DQK)
-    do_mask = row_ok[:, None]
-    if BLOCK_DV != DV:
-        do_mask = do_mask & (offs_dv[None, :] < DV)
+    q_mask = _tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
+    do_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     q = tl.load(Q_bh + offs_m[:, None] * stride_qm + offs_dqk[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO_bh + offs_m[:, None] * stride_dom + offs_dv[None, :], mask=do_mask, other=0.0)
     pq = tl.minimum(offs_m, u)
@@ -164,12 +161,8 @@ def _hstu_attn_bwd_kernel(
     col_ok = offs_n < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k_mask = col_ok[:, None]
-    if BLOCK_DQK != DQK:
-        k_mask = k_mask & (offs_dqk[None, :] < DQK)
-    v_mask = col_ok[:, None]
-    if BLOCK_DV != DV:
-        v_mask = v_mask & (offs_dv[None, :] < DV)
+    k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
+    v_mask = _tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
     k = tl.load(K + seq_start * stride_km + h * stride_kh + offs_n[:, None] * stride_km + offs_dqk[None, :],
                 mask=k_mask, other=0.0)
     v = tl.load(V + seq_start * stride_vm + h * stride_vh + offs_n[:, None] * stride_vm + offs_dv[None, :],

@@ -92,6 +92,15 @@ def _sigmoid(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _tile_mask(ok, offs_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``[rows, BLOCK_D]`` load/store mask: the rows in ``ok`` and, when D is padded to BLOCK_D, the real columns."""
+    if BLOCK_D != D:
+        return ok[:, None] & (offs_d[None, :] < D)
+    else:
+        return ok[:, None]
+
+
+@triton.jit
 def _valid_mask(pq2, pk2, iq2, ik2, max_attn_len, HAS_WINDOW: tl.constexpr):
     """valid(i, j) = (p(j) < p(i) [and p(i) - p(j) <= max_attn_len]) or i == j; 2-D broadcastable inputs.
 
@@ -154,12 +163,8 @@ def _fwd_tile(
     col_ok = offs_n < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k_mask = col_ok[:, None]
-    if BLOCK_DQK != DQK:
-        k_mask = k_mask & (offs_dqk[None, :] < DQK)
-    v_mask = col_ok[:, None]
-    if BLOCK_DV != DV:
-        v_mask = v_mask & (offs_dv[None, :] < DV)
+    k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
+    v_mask = _tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
     k = tl.load(K_bh + offs_n[:, None] * stride_km + offs_dqk[None, :], mask=k_mask, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
     pk = tl.minimum(offs_n, u)
@@ -210,9 +215,7 @@ def _hstu_attn_fwd_kernel(
     row_ok = offs_m < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q_mask = row_ok[:, None]
-    if BLOCK_DQK != DQK:
-        q_mask = q_mask & (offs_dqk[None, :] < DQK)
+    q_mask = _tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
     Q_bh = Q + seq_start * stride_qm + h * stride_qh
     q = tl.load(Q_bh + offs_m[:, None] * stride_qm + offs_dqk[None, :], mask=q_mask, other=0.0)
     pq = tl.minimum(offs_m, u)
@@ -272,9 +275,7 @@ def _hstu_attn_fwd_kernel(
                 NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
             )
 
-    o_mask = row_ok[:, None]
-    if BLOCK_DV != DV:
-        o_mask = o_mask & (offs_dv[None, :] < DV)
+    o_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     O_bh = Out + seq_start * stride_om + h * stride_oh
     out = (acc * scale).to(Out.dtype.element_ty)
     tl.store(O_bh + offs_m[:, None] * stride_om + offs_dv[None, :], out, mask=o_mask)

@@ -21,6 +21,7 @@ import triton.language as tl
 from ..hstu_attention.triton_fwd import (
     INTERPRET,
     _sigmoid,
+    _tile_mask,
     _time_bias,
     _time_gap,
     fwd_smem,
@@ -61,12 +62,8 @@ def _hstu_cached_attn_kernel(
     row_ok = offs_m < nc
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    qk_mask = row_ok[:, None]
-    if BLOCK_DQK != DQK:
-        qk_mask = qk_mask & (offs_dqk[None, :] < DQK)
-    v_rows = row_ok[:, None]
-    if BLOCK_DV != DV:
-        v_rows = v_rows & (offs_dv[None, :] < DV)
+    qk_mask = _tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
+    v_rows = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     q = tl.load(Q + (c0 + offs_m[:, None]) * stride_qm + h * stride_qh + offs_dqk[None, :], mask=qk_mask, other=0.0)
     PW_h = PW + h * stride_pwh
     TW_h = TW + h * stride_twh
@@ -86,9 +83,7 @@ def _hstu_cached_attn_kernel(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_hist = offs_n < m
         col_ok = in_hist & (offs_n >= lo)
-        k_mask = in_hist[:, None]
-        if BLOCK_DQK != DQK:
-            k_mask = k_mask & (offs_dqk[None, :] < DQK)
+        k_mask = _tile_mask(in_hist, offs_dqk, DQK, BLOCK_DQK)
         kc = tl.load(KC_bh + offs_n[:, None] * stride_kcm + offs_dqk[None, :], mask=k_mask, other=0.0)
         s = tl.dot(q, tl.trans(kc), input_precision=INPUT_PRECISION) * alpha
         if HAS_POS:
@@ -99,9 +94,7 @@ def _hstu_cached_attn_kernel(
             tk = tl.load(CTS + h0 + offs_n, mask=in_hist, other=0)
             s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
         sig = tl.where(col_ok[None, :], _sigmoid(s, FAST_SIGMOID), 0.0)
-        v_mask = in_hist[:, None]
-        if BLOCK_DV != DV:
-            v_mask = v_mask & (offs_dv[None, :] < DV)
+        v_mask = _tile_mask(in_hist, offs_dv, DV, BLOCK_DV)
         vc = tl.load(VC_bh + offs_n[:, None] * stride_vcm + offs_dv[None, :], mask=v_mask, other=0.0)
         acc += tl.dot((s * sig).to(vc.dtype), vc, input_precision=INPUT_PRECISION)
 
