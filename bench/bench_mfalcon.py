@@ -96,7 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--bm", type=str, default=None, help="comma-separated M-FALCON microbatch sizes "
                    "(default 64,256,1024)")
     p.add_argument("--naive-batch", type=int, default=None,
-                   help="sequences per naive forward (default 2048 on CUDA, 128 on CPU, 16 quick)")
+                   help="sequences per naive forward (default 2048 on CUDA, 64 on CPU, 16 quick)")
     p.add_argument("--max-naive-seconds", type=float, default=None,
                    help="time budget of the naive method at one m (all repeats); beyond it the naive cost is "
                    "measured on whole batches of a subset and scaled linearly (default 120; quick 20)")
@@ -108,7 +108,7 @@ def parse_args(argv=None):
     p.add_argument("--max-users", type=int, default=None,
                    help="rank an evenly spaced subset of this many users (default all; quick 6)")
     p.add_argument("--user-batch", type=int, default=None,
-                   help="users per prefill / scoring batch (default 256 CUDA, 8 CPU, 3 quick)")
+                   help="users per prefill / scoring batch (default 512 CUDA, 4 CPU, 3 quick)")
     p.add_argument("--rank-microbatch", type=int, default=None,
                    help="b_m of the whole-catalogue ranking (default 1024; quick 32)")
     p.add_argument("--topk", type=int, default=10, help="items kept per user in the ranking")
@@ -118,6 +118,8 @@ def parse_args(argv=None):
     p.add_argument("--note", type=str, default=None, help="free text stored in the results (e.g. machine load)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default torch's); 1 is steadier on a CPU shared with other jobs")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -447,6 +449,8 @@ def main(argv=None):
     from hstu.train import resolve_device
 
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     on_cuda = device.type == "cuda"
     base = QUICK if args.quick else FULL
     history = args.history if args.history is not None else base["history"]
@@ -455,7 +459,7 @@ def main(argv=None):
     fused = on_cuda if args.fused is None else args.fused
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if on_cuda else "fp32")
     if args.naive_batch is None:
-        args.naive_batch = 16 if args.quick else (2048 if on_cuda else 128)
+        args.naive_batch = 16 if args.quick else (2048 if on_cuda else 64)
     if args.max_naive_seconds is None:
         args.max_naive_seconds = 20.0 if args.quick else 120.0
     if args.repeats is None:
@@ -465,7 +469,7 @@ def main(argv=None):
     if args.max_users is None and args.quick:
         args.max_users = 6
     if args.user_batch is None:
-        args.user_batch = 3 if args.quick else (256 if on_cuda else 8)
+        args.user_batch = 3 if args.quick else (512 if on_cuda else 4)
     if args.rank_microbatch is None:
         args.rank_microbatch = 32 if args.quick else 1024
     if max(ms) > args.num_items:
@@ -652,10 +656,13 @@ def plot(rows, path, header):
         print("matplotlib is not installed: no plot (pip install matplotlib)")
         return
     fig, ax = plt.subplots(figsize=(7, 5))
+    colors = {}  # one color per method and b_m: M-FALCON's scoring solid, prefill + scoring dashed
     for name in dict.fromkeys(label(r) for r in rows):
         pts = sorted((r["m"], r["cands_per_s"]) for r in rows if label(r) == name)
+        family = name.replace("-prefill+scoring", "").replace("-scoring", "")
+        colors.setdefault(family, f"C{len(colors)}")
         style = "--" if "prefill" in name else "-"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colors[family], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("candidates m")
