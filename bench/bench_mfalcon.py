@@ -41,7 +41,8 @@ backend) and a plot ``.png`` of candidates/s vs m (if matplotlib is installed).
 
     python bench/bench_mfalcon.py                 # the issue's shapes; fused + bf16 on a GPU
     python bench/bench_mfalcon.py --quick         # a small smoke run (history 31, m in {16, 64})
-    python bench/bench_mfalcon.py --device cpu --max-users 300 --note "..."   # the CPU run
+    python bench/bench_mfalcon.py --device cpu --threads 1 --repeats 5 --max-naive-seconds 300 --note "..."
+        # the committed CPU run (bench/results/mfalcon_cpu-2core.*); --max-users N ranks a subset
 """
 
 import argparse
@@ -49,7 +50,6 @@ import contextlib
 import csv
 import datetime
 import json
-import math
 import os
 import platform
 import re
@@ -375,7 +375,7 @@ def rank_catalogue(torch, args, ctx, timer, device, fused, max_seq_len, seed):
     from hstu.train import load_sequences
 
     t0 = time.perf_counter()
-    data, seqs = load_sequences(data_dir, "ml-1m")
+    _, seqs = load_sequences(data_dir, "ml-1m")
     load_s = time.perf_counter() - t0
     U_all, n_items = len(seqs), seqs.num_items
     users = np.arange(U_all)
@@ -478,7 +478,8 @@ def main(argv=None):
         sys.exit("unset TRITON_INTERPRET: the benchmark times compiled kernels")
     max_seq_len = history + 1
     if dtype == "bf16":
-        ctx = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+        def ctx():
+            return torch.autocast(device.type, dtype=torch.bfloat16)
     else:
         ctx = contextlib.nullcontext
     dtype_desc = "bf16 autocast (weights fp32, matmuls and attention inputs bf16)" if dtype == "bf16" else "fp32"
@@ -564,7 +565,7 @@ def main(argv=None):
             cands = perm[:m]
             # naive: estimate the cost from one batch; time a subset of whole batches if m would take too long
             b1 = cands[:min(m, args.naive_batch)]
-            t1 = median(timer(lambda: meth.naive(b1), 1, W)) / b1.shape[0]
+            t1 = median(timer(lambda b1=b1: meth.naive(b1), 1, W)) / b1.shape[0]
             est = t1 * m * (R + W)
             m_naive = m
             if est > args.max_naive_seconds and m > args.naive_batch:
@@ -572,26 +573,26 @@ def main(argv=None):
                 m_naive = min(m, nbatch * args.naive_batch)
             sub = cands[:m_naive]
             base = timer.peak_reset()
-            times = timer(lambda: meth.naive(sub), R, W if m_naive == m else 0)
+            times = timer(lambda sub=sub: meth.naive(sub), R, W if m_naive == m else 0)
             scale_f = m / m_naive
             add("naive", m, [t * scale_f for t in times], peak=timer.peak_mib(base),
                 extra=dict(naive_extrapolated=m_naive < m, naive_measured_candidates=m_naive))
             base = timer.peak_reset()
-            add("one-pass", m, timer(lambda: meth.one_pass(cands), R, W), peak=timer.peak_mib(base))
+            add("one-pass", m, timer(lambda c=cands: meth.one_pass(c), R, W), peak=timer.peak_mib(base))
             pre = timer(meth.prefill, R, W)
             cache = meth.prefill()
             for bm in bms:
                 base = timer.peak_reset()
-                add("mfalcon-scoring", m, timer(lambda: meth.score(cache, cands, bm), R, W), bm=bm,
+                add("mfalcon-scoring", m, timer(lambda k=cache, c=cands, b=bm: meth.score(k, c, b), R, W), bm=bm,
                     peak=timer.peak_mib(base), extra=dict(prefill_median_s=median(pre)))
-                add("mfalcon-prefill+scoring", m, timer(lambda: meth.score(meth.prefill(), cands, bm), R, W), bm=bm)
+                add("mfalcon-prefill+scoring", m, timer(lambda c=cands, b=bm: meth.score(meth.prefill(), c, b), R, W), bm=bm)
             naive_s = next(r["median_s"] for r in rows if r["method"] == "naive" and r["m"] == m)
             for r in rows:
                 if r["m"] == m:
                     r["speedup_vs_naive"] = naive_s / r["median_s"]
                     r["speedup_over_bound"] = r["speedup_vs_naive"] / r["bound"]
             print_table([r for r in rows if r["m"] == m], m)
-            del cache
+            cache = None  # free it before the next m
 
     ranking = None
     if not args.no_rank:
@@ -631,7 +632,7 @@ def print_table(rows, m):
     print(f"{'method':34s} {'median':>11s} {'cands/s':>11s} {'speedup':>9s} {'bound':>8s} {'meas/bound':>10s}")
     for r in rows:
         ms = f"{1e3 * r['median_s']:.2f} ms"
-        extra = "  (extrapolated from %d)" % r["naive_measured_candidates"] if r.get("naive_extrapolated") else ""
+        extra = f"  (extrapolated from {r['naive_measured_candidates']})" if r.get("naive_extrapolated") else ""
         print(f"{label(r):34s} {ms:>11s} {r['cands_per_s']:>11.0f} {r['speedup_vs_naive']:>8.1f}x "
               f"{r['bound']:>7.1f}x {r['speedup_over_bound']:>10.2f}{extra}")
     sys.stdout.flush()

@@ -97,3 +97,13 @@ def test_ranking_is_skipped_without_data(tmp_path, capsys):
     ])
     assert result["ranking"] is None
     assert "ranking skipped" in capsys.readouterr().out
+
+
+def test_bf16_autocast_run_agrees_within_its_tolerance(tmp_path):
+    bench = load_bench()
+    result = bench.main([
+        "--quick", "--device", "cpu", "--no-fused", "--dtype", "bf16", "--out", str(tmp_path), "--no-rank",
+        "--no-plot", "--repeats", "1", "--warmup", "0", "--m", "8", "--bm", "4",
+    ])
+    assert result["header"]["dtype"] == "bf16" and "autocast" in result["header"]["dtype_desc"]
+    assert result["check"]["ok"] and 0 < result["check"]["tolerance"] <= 0.5
