@@ -10,7 +10,8 @@ anything N x N. With ``u = n - num_targets`` and ``p(i) = min(i, u)``, a valid k
 ``[m0, m1)`` is ``[lo, m1)`` (``lo = max(0, p(m0) - max_attn_len)`` with a window, else 0) when the block starts
 in the history (``m0 <= u``), and ``[lo, u)`` plus the diagonal block ``[m0, m1)`` when it holds targets only.
 Key tiles inside ``[ceil(p(m1 - 1) - max_attn_len), floor(p(m0)))`` are valid everywhere and skip the mask
-(``MASKED=False``); the others compute it from indices. Tiles outside the ranges are never visited.
+(``MASKED=False``); the others compute it from indices, in a single loop over all masked tiles (two loops in
+all keep Triton 3.6 from serialising the wgmma pipeline). Tiles outside the ranges are never visited.
 
 Bias in-kernel: ``pos_weight[h', min(p(i) - p(j) + max_seq_len - 1, 2 max_seq_len - 2)]`` gathered per score
 (the clamp keeps the padded rows of a partial block inside the table), and the time bias as a chain of
@@ -246,8 +247,22 @@ def _hstu_attn_fwd_kernel(
     b_end = tl.where(full_lo < full_hi, full_hi, lo_al)
     c_end = b_end + tl.maximum(((hi1 - b_end + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, 0)
 
+    # Masked tiles: the window edge [lo_al, a_end), the causal edge [b_end, hi1) and, for a block of targets
+    # only, its own diagonal [d_lo, end_m) (keys the history ranges have not covered). They run as ONE loop over
+    # the three ranges laid end to end: with Triton 3.6, three masked loops beside the unmasked one made ptxas
+    # serialise the wgmma pipeline (C7515); two loops do not.
+    n_a = (a_end - lo_al) // BLOCK_N
+    n_c = tl.maximum(tl.cdiv(hi1 - b_end, BLOCK_N), 0)
+    if HAS_TARGETS:
+        d_lo = tl.where(start_m > u, tl.maximum(start_m, c_end), end_m)
+        n_d = tl.maximum(tl.cdiv(end_m - d_lo, BLOCK_N), 0)
+    else:
+        d_lo = end_m
+        n_d = 0
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for start_n in range(lo_al, a_end, BLOCK_N):  # window edge: masked
+    for t in range(0, n_a + n_c + n_d):
+        start_n = tl.where(t < n_a, lo_al + t * BLOCK_N,
+                           tl.where(t < n_a + n_c, b_end + (t - n_a) * BLOCK_N, d_lo + (t - n_a - n_c) * BLOCK_N))
         acc = _fwd_tile(
             acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
             alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
@@ -259,21 +274,6 @@ def _hstu_attn_fwd_kernel(
             alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
             NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, False, BLOCK_N,
         )
-    for start_n in range(b_end, hi1, BLOCK_N):  # causal edge / diagonal: masked
-        acc = _fwd_tile(
-            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
-            alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
-            NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
-        )
-    if HAS_TARGETS:
-        # a block of targets only: its own diagonal (keys the loops above have not covered)
-        d_lo = tl.where(start_m > u, tl.maximum(start_m, c_end), end_m)
-        for start_n in range(d_lo, end_m, BLOCK_N):
-            acc = _fwd_tile(
-                acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
-                alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
-                NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
-            )
 
     o_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     O_bh = Out + seq_start * stride_om + h * stride_oh
