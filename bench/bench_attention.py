@@ -235,10 +235,16 @@ def compile_check(args):
 
     tdt = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[args.dtype]
     ts = "i32" if args.ts_dtype == "int32" else "i64"
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
-    if not os.path.exists(ptxas):
-        ptxas = os.path.join(os.path.dirname(ptxas), "ptxas")
+    try:  # the ptxas Triton itself runs for sm_90
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(90).path
+    except (ImportError, TypeError, AttributeError):
+        bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+        ptxas = next((p for p in (os.path.join(bindir, n) for n in ("ptxas-blackwell", "ptxas")) if os.path.exists(p)),
+                     "ptxas")
     D = 128 if not args.shapes else int(args.shapes.split(";")[0].split(",")[3])
+    print(f"triton {triton.__version__}, sm_90 (ptxas {os.path.basename(ptxas)})")
     bias = not args.no_bias
     for kind, fn, configs in (("fwd", triton_fwd._hstu_attn_fwd_kernel, triton_fwd._fwd_configs()),
                               ("bwd", triton_bwd._hstu_attn_bwd_kernel, triton_bwd._bwd_configs()),
@@ -278,6 +284,9 @@ def compile_check(args):
             info = "; ".join(line.split(":", 1)[-1].strip() for line in out.splitlines()
                              if "registers" in line or "spill" in line)
             ptx = k.asm["ptx"]
+            if "C7515" in out:  # ptxas could not keep the wgmma pipeline asynchronous: a real slowdown
+                info = "WGMMA SERIALIZED (C7515); " + "; ".join(
+                    line.split(":", 1)[-1].strip() for line in out.splitlines() if "Used" in line or "spill" in line)
             print(f"{tag}: smem {k.metadata.shared} B, {info or out[-200:]}, wgmma {ptx.count('wgmma.mma_async')}, "
                   f"cp.async {ptx.count('cp.async.cg') + ptx.count('cp.async.ca')}", flush=True)
 
