@@ -38,7 +38,9 @@ import triton.language as tl
 from . import triton_fwd
 from .triton_fwd import (
     _boundary,
+    _history_length,
     _pos_bias,
+    _segment,
     _sigmoid,
     _tile_mask,
     _time_bias,
@@ -148,15 +150,11 @@ def _hstu_attn_bwd_kernel(
     pid_n = tl.program_id(1)  # the first key blocks see the most queries: they start first
     b = pid_bh // H
     h = pid_bh % H
-    seq_start = tl.load(SeqOffsets + b).to(tl.int64)
-    n = (tl.load(SeqOffsets + b + 1).to(tl.int64) - seq_start).to(tl.int32)
+    seq_start, n = _segment(SeqOffsets, b)
     start_n = pid_n * BLOCK_N
     if start_n >= n:
         return
-    if HAS_TARGETS:
-        u = n - tl.load(NumTargets + b).to(tl.int32)
-    else:
-        u = n
+    u = _history_length(NumTargets, b, n, HAS_TARGETS)
     end_n = tl.minimum(start_n + BLOCK_N, n)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     col_ok = offs_n < n

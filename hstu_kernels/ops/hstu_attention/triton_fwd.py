@@ -93,6 +93,22 @@ def _sigmoid(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _segment(Offsets, b):
+    """(first row as int64, length as int32) of segment ``b`` of a jagged layout with ``Offsets [B+1]``."""
+    start = tl.load(Offsets + b).to(tl.int64)
+    return start, (tl.load(Offsets + b + 1).to(tl.int64) - start).to(tl.int32)
+
+
+@triton.jit
+def _history_length(NumTargets, b, n, HAS_TARGETS: tl.constexpr):
+    """u = n - num_targets[b]: the position every target of sequence ``b`` sits at."""
+    if HAS_TARGETS:
+        return n - tl.load(NumTargets + b).to(tl.int32)
+    else:
+        return n
+
+
+@triton.jit
 def _tile_mask(ok, offs_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
     """``[rows, BLOCK_D]`` load/store mask: the rows in ``ok`` and, when D is padded to BLOCK_D, the real columns."""
     if BLOCK_D != D:
@@ -202,15 +218,11 @@ def _hstu_attn_fwd_kernel(
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (most expensive) query blocks first
     b = pid_bh // H
     h = pid_bh % H
-    seq_start = tl.load(SeqOffsets + b).to(tl.int64)
-    n = (tl.load(SeqOffsets + b + 1).to(tl.int64) - seq_start).to(tl.int32)
+    seq_start, n = _segment(SeqOffsets, b)
     start_m = pid_m * BLOCK_M
     if start_m >= n:
         return
-    if HAS_TARGETS:
-        u = n - tl.load(NumTargets + b).to(tl.int32)
-    else:
-        u = n
+    u = _history_length(NumTargets, b, n, HAS_TARGETS)
     end_m = tl.minimum(start_m + BLOCK_M, n)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < n

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ..hstu_attention.triton_fwd import (
     INTERPRET,
+    _segment,
     _sigmoid,
     _tile_mask,
     _time_bias,
@@ -50,13 +51,11 @@ def _hstu_cached_attn_kernel(
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
-    c0 = tl.load(CandOffsets + b).to(tl.int64)
-    nc = (tl.load(CandOffsets + b + 1).to(tl.int64) - c0).to(tl.int32)
+    c0, nc = _segment(CandOffsets, b)
     start_m = tl.program_id(1) * BLOCK_M
     if start_m >= nc:
         return
-    h0 = tl.load(CacheOffsets + b).to(tl.int64)
-    m = (tl.load(CacheOffsets + b + 1).to(tl.int64) - h0).to(tl.int32)
+    h0, m = _segment(CacheOffsets, b)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < nc
