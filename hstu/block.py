@@ -151,12 +151,9 @@ class HSTUBlock(nn.Module):
         if self.attn_activation != "silu":
             raise ValueError("HSTUBlock.forward_cached supports attn_activation='silu' only")
         u, v, q, k = self.project(x)
-        kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len, "pos_weight": self.bias.pos_weight}
+        kw = self._attn_kwargs(timestamps)
         if timestamps is not None:
-            kw.update(
-                timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
-                time_weight=self.bias.time_weight, time_boundaries=self.bias.time_boundaries,
-            )
+            kw.update(query_timestamps=query_timestamps, cache_timestamps=cache_timestamps)
         backend = "torch"
         if self.fused:
             backend = choose_cached_backend(

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor, check_bias_tables, check_scalars
+from ..hstu_attention.interface import _format
 from . import triton_impl
 from .naive import naive_hstu_cached_attention
 
@@ -40,18 +41,17 @@ def choose_backend(backend: str, q, k, v, k_cache, v_cache, pos_weight=None, tim
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     grad = _needs_grad(q, k, v, k_cache, v_cache, pos_weight, time_weight)
     reasons = backend_reasons(q, k, v, pos_weight, time_weight, time_boundaries, grad)
-    summary = "; ".join(f"{name}: {', '.join(r) if r else 'available'}" for name, r in reasons.items())
     if backend in ("auto", "fast"):
         if (backend == "fast" or q.is_cuda) and not reasons["triton"]:
             return "triton"
         if backend == "fast":
-            raise ValueError(f"hstu_cached_attention: no fused backend can take these inputs: {summary}")
+            raise ValueError(f"hstu_cached_attention: no fused backend can take these inputs: {_format(reasons)}")
         return "torch"
     if reasons[backend]:
         ok = [name for name, r in reasons.items() if not r]
         raise ValueError(
             f"hstu_cached_attention: backend {backend!r} cannot take these inputs ({', '.join(reasons[backend])}); "
-            f"available: {', '.join(ok)}. All backends: {summary}"
+            f"available: {', '.join(ok)}. All backends: {_format(reasons)}"
         )
     return backend
 
