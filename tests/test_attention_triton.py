@@ -215,6 +215,54 @@ def test_check_false_and_unknown_max_len():
 
 
 @cpu_tier
+def test_check_false_reads_the_longest_sequence_once(monkeypatch):
+    """With check=False the forward reads the longest length (a host sync on a GPU); the backward reuses it."""
+    calls = []
+    real = triton_impl._longest
+    monkeypatch.setattr(triton_impl, "_longest", lambda offsets: calls.append(1) or real(offsets))
+    out, grads, _ = run_op(make_batch([9, 31], targets=[2, 2]), "triton", check=False)
+    assert len(calls) == 1 and grads["q"] is not None
+    calls.clear()
+    run_op(make_batch([9, 31], targets=[2, 2]), "triton", check=True)
+    assert calls == []  # the checks computed it already
+
+
+def test_backward_uses_the_exact_sigmoid(monkeypatch):
+    """tanh.approx serves the bf16 forward only: its error times SiLU's derivative is too large for the backward."""
+    pytest.importorskip("triton")
+    seen = {}
+
+    def fake_launch(raw, tuned, override, grid_key, B, H, max_len, args, meta):
+        seen[grid_key] = meta["FAST_SIGMOID"]
+
+    monkeypatch.setattr(triton_fwd, "INTERPRET", False)
+    monkeypatch.setattr(triton_fwd, "launch", fake_launch)
+    batch = make_batch([7, 4], dtype=torch.bfloat16)
+    args = dict(alpha=1.0, scale=0.1, timestamps=batch["timestamps"], pos_weight=batch["pos_weight"],
+                time_weight=batch["time_weight"], time_boundaries=batch["time_boundaries"])
+    q, k, v, offsets = batch["q"], batch["k"], batch["v"], batch["seq_offsets"]
+    triton_fwd.hstu_attn_fwd(q, k, v, offsets, batch["max_seq_len"], 7, **args)
+    triton_bwd.hstu_attn_bwd(torch.ones_like(v), q, k, v, offsets, batch["max_seq_len"], 7, **args)
+    assert seen == {"BLOCK_M": True, "BLOCK_N": False}
+
+
+def test_quick_autotune_keeps_one_config(monkeypatch):
+    pytest.importorskip("triton")
+    q = torch.zeros(4, 1, 64, dtype=torch.bfloat16)
+    args = dict(Q=q, AUTOTUNE_LEN=4096, BLOCK_DQK=128, BLOCK_DV=128)
+    monkeypatch.setenv("HSTU_AUTOTUNE", "full")
+    full_fwd = triton_fwd._prune_fwd(triton_fwd._fwd_configs(), args)
+    full_bwd = triton_bwd._prune_bwd(triton_bwd._bwd_configs(), args)
+    assert len(full_fwd) > 1 and len(full_bwd) > 1
+    monkeypatch.setenv("HSTU_AUTOTUNE", "quick")
+    assert triton_fwd._prune_fwd(triton_fwd._fwd_configs(), args) == full_fwd[:1]
+    assert triton_bwd._prune_bwd(triton_bwd._bwd_configs(), args) == full_bwd[:1]
+    monkeypatch.setenv("HSTU_AUTOTUNE", "fastest")
+    with pytest.raises(ValueError, match="HSTU_AUTOTUNE"):
+        triton_fwd._prune_fwd(triton_fwd._fwd_configs(), args)
+
+
+@cpu_tier
 @pytest.mark.parametrize("lengths", [[], [0, 0, 0]], ids=["no_sequences", "empty_sequences"])
 def test_empty_batches(lengths):
     batch = make_batch(lengths, targets=[0] * len(lengths))
@@ -358,18 +406,53 @@ def test_gpu_two_x_rule(poisoned_empty, shape, option, dtype):
     assert_two_x_rule(batch, max_attn_len=window)
 
 
+def _config_tuple(cfg):
+    return (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+
+
+def _pair_id(pair):
+    return "fwd{}x{}w{}s{}-bwd{}x{}w{}s{}".format(*pair[0], *pair[1])
+
+
+# each forward config beside a backward config (the shorter list wraps), one test each so xdist spreads compiles
+CONFIG_PAIRS = [
+    (_config_tuple(f), _config_tuple(b))
+    for f, b in zip(triton_fwd._fwd_configs(), triton_bwd._bwd_configs() * 2)
+]
+
+
+def _every_option_batch(dtype):
+    return make_batch(jagged_lengths(3, 700, 0) + [1, 0, 130], targets=[5, 0, 200, 1, 0, 2], H=2, D=64, Dv=32,
+                      max_seq_len=700, qts=True, boundaries=tuple(range(0, 150, 10)), dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize("window", [0, 77])
+@pytest.mark.parametrize("pair", CONFIG_PAIRS, ids=_pair_id)
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-def test_gpu_every_config(monkeypatch):
-    """Each autotune config of both kernels (autotuning runs only the fastest one) on a batch with every option."""
-    batch = make_batch(jagged_lengths(3, 700, 0) + [1, 0, 130], targets=[5, 0, 200, 1, 0, 2], H=2, D=64, Dv=32,
-                       max_seq_len=700, qts=True, boundaries=tuple(range(0, 150, 10)), device="cuda")
-    for fcfg, bcfg in zip(triton_fwd._fwd_configs(), triton_bwd._bwd_configs() * 2):
-        for name, cfg in (("FWD_CONFIG_OVERRIDE", fcfg), ("BWD_CONFIG_OVERRIDE", bcfg)):
-            k = cfg.kwargs
-            monkeypatch.setattr(triton_fwd, name, (k["BLOCK_M"], k["BLOCK_N"], cfg.num_warps, cfg.num_stages))
-        assert_matches_fp64(batch, rel=2e-4, max_attn_len=0)
-        assert_matches_fp64(batch, rel=2e-4, max_attn_len=77)
+def test_gpu_every_config(monkeypatch, pair, window):
+    """Each autotune config of both kernels (autotuning runs only the fastest) in bf16, every option on."""
+    monkeypatch.setattr(triton_fwd, "FWD_CONFIG_OVERRIDE", pair[0])
+    monkeypatch.setattr(triton_fwd, "BWD_CONFIG_OVERRIDE", pair[1])
+    assert_two_x_rule(_every_option_batch(torch.bfloat16), max_attn_len=window)
+
+
+def _fp32_kept_configs():
+    """The configs pruning keeps for fp32 (the others spill tens of KB and take minutes to compile)."""
+    q = torch.zeros(1, 1, 64)
+    args = dict(Q=q, AUTOTUNE_LEN=1024, BLOCK_DQK=64, BLOCK_DV=32)
+    fwd = [_config_tuple(c) for c in triton_fwd._prune_fwd(triton_fwd._fwd_configs(), args)]
+    bwd = [_config_tuple(c) for c in triton_bwd._prune_bwd(triton_bwd._bwd_configs(), args)]
+    return list(zip(fwd, bwd * len(fwd)))
+
+
+@pytest.mark.parametrize("pair", _fp32_kept_configs(), ids=_pair_id)
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_fp32_kept_configs(monkeypatch, pair):
+    monkeypatch.setattr(triton_fwd, "FWD_CONFIG_OVERRIDE", pair[0])
+    monkeypatch.setattr(triton_fwd, "BWD_CONFIG_OVERRIDE", pair[1])
+    assert_matches_fp64(_every_option_batch(torch.float32), rel=2e-4, max_attn_len=77)
 
 
 @pytest.mark.gpu

@@ -21,11 +21,13 @@ as uint32 against boundaries the host clamps to [0, 2^32 - 1]); int64 timestamps
 In masked tiles the mask zeroes the SiLU gate ``sigmoid(s)`` right away (``s`` stays finite), which zeroes
 ``a = s * gate`` (and, in the backward, ``ds``) without keeping the mask alive.
 
-fp32 accumulation, SiLU, ``alpha``, ``scale`` fused; the output is stored in the input dtype. bf16 inputs on a GPU
-use ``tanh.approx.f32`` for the sigmoid (one MUFU op; error ~2.5e-4, below bf16 rounding); fp32 and fp16 use
-``tl.sigmoid``. Autotuning (GPU only) is keyed on the bucketed longest length, head dims, flags and dtypes, over a
-pruned set (<= 3 forward configs) that fits the device's shared memory. Loads are software-pipelined
-(``cp.async``) only when Triton sees 16-element-aligned strides: true for head dims that are multiples of 16.
+fp32 accumulation, SiLU, ``alpha``, ``scale`` fused; the output is stored in the input dtype. The bf16 forward on a
+GPU uses ``tanh.approx.f32`` for the sigmoid (one MUFU op; error ~2.5e-4, below bf16 rounding of the output); fp32,
+fp16 and every backward use ``tl.sigmoid`` (the backward's ``ds = dA sig (1 + s (1 - sig))`` amplifies the
+approximation's error by up to |s|, past the bias-table gradients' tolerance at score spreads of ~10). Autotuning (GPU only) is keyed on the bucketed longest length, head dims, flags and dtypes, over a
+pruned set (<= 3 forward configs) that fits the device's shared memory; ``HSTU_AUTOTUNE=quick`` keeps only the
+first config of that set (no timing). Loads are software-pipelined (``cp.async``) only when Triton sees
+16-element-aligned strides: true for head dims that are multiples of 16.
 """
 
 import os
@@ -319,12 +321,26 @@ def fwd_smem(c, dqk, dv, elem):
     return elem * (bm * (2 * dqk + dv) + c.num_stages * bn * (dqk + dv)) + 1024
 
 
+AUTOTUNE_MODES = ("full", "quick")
+
+
+def autotune_mode() -> str:
+    """``HSTU_AUTOTUNE``: "full" (the default) tunes over every kept config; "quick" takes the first kept config
+    of each key without timing any, so a first run on a fresh machine compiles one config per kernel and shape
+    class (a first-contact GPU session has minutes, and each compile takes seconds)."""
+    mode = os.environ.get("HSTU_AUTOTUNE", "full").strip().lower() or "full"
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(f"HSTU_AUTOTUNE must be one of {', '.join(AUTOTUNE_MODES)}; got {mode!r}")
+    return mode
+
+
 def prune_configs(configs, args, wanted, smem):
-    """The configs ``wanted`` keeps that fit in shared memory; else the one needing the least."""
+    """The configs ``wanted`` keeps that fit in shared memory (only the first in quick mode); else the one needing
+    the least."""
     limit = smem_limit(args["Q"])
     fits = [c for c in configs if smem(c) <= limit]
-    out = [c for c in fits if wanted(c)]
-    return out or [min(configs, key=smem)]
+    out = [c for c in fits if wanted(c)] or [min(configs, key=smem)]
+    return out[:1] if autotune_mode() == "quick" else out
 
 
 def _prune_fwd(configs, named_args, **kwargs):
@@ -400,7 +416,8 @@ def kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_
         NUM_BOUNDARIES=(time_boundaries.shape[0] if has_time else 0),
         TIME_I32=time_i32,
         INPUT_PRECISION=(fp32_precision if fp32 else "tf32"),
-        # tanh.approx (abs err ~2.5e-4 on the sigmoid) only where it stays below the output rounding: bf16
+        # tanh.approx (abs err ~2.5e-4 on the sigmoid) only where it stays below the output rounding: the bf16
+        # forward (the backward turns it off, see the module docstring)
         FAST_SIGMOID=(q.dtype == torch.bfloat16) and not INTERPRET,
     )
 

@@ -90,42 +90,46 @@ def triton_hstu_attention_fwd(
     scale: float, timestamps: Optional[Tensor], query_timestamps: Optional[Tensor], pos_weight: Optional[Tensor],
     time_weight: Optional[Tensor], time_boundaries: Optional[Tensor], num_targets: Optional[Tensor],
     max_attn_len: int, fp32_precision: str,
-) -> Tensor:
-    """HSTU attention forward with the fused Triton kernel. ``max_len < 0``: the longest sequence is computed."""
+) -> Tuple[Tensor, Tensor]:
+    """HSTU attention forward with the fused Triton kernel: (out, the longest sequence as a CPU int64 scalar).
+
+    ``max_len < 0``: the longest sequence is read from ``seq_offsets`` (one host synchronisation); returning it
+    lets the backward reuse it instead of synchronising again."""
     from .triton_fwd import hstu_attn_fwd
 
     q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
     if max_len < 0:
         max_len = _longest(seq_offsets)
-    return hstu_attn_fwd(
+    out = hstu_attn_fwd(
         q, k, v, seq_offsets.contiguous(), max_seq_len, max_len, alpha=alpha, scale=scale, timestamps=timestamps,
         query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
         time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len,
         fp32_precision=fp32_precision,
     )
+    return out, torch.tensor(max_len, dtype=torch.int64)
 
 
 @triton_hstu_attention_fwd.register_fake
 def _(q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps, pos_weight,
       time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision):
-    return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2])), torch.empty((), dtype=torch.int64, device="cpu")
 
 
 @torch.library.custom_op("hstu_kernels::triton_hstu_attention_bwd", mutates_args=())
 def triton_hstu_attention_bwd(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, seq_offsets: Tensor, max_seq_len: int, max_len: int,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, seq_offsets: Tensor, max_seq_len: int, max_len: Tensor,
     alpha: float, scale: float, timestamps: Optional[Tensor], query_timestamps: Optional[Tensor],
     pos_weight: Optional[Tensor], time_weight: Optional[Tensor], time_boundaries: Optional[Tensor],
     num_targets: Optional[Tensor], max_attn_len: int, fp32_precision: str, need_dpw: bool, need_dtw: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (dq, dk, dv, d pos_weight, d time_weight); an absent table gradient is an empty tensor."""
+    """Gradients (dq, dk, dv, d pos_weight, d time_weight); an absent table gradient is an empty tensor.
+
+    ``max_len``: the CPU scalar the forward returned (reading it needs no device synchronisation)."""
     from .triton_bwd import hstu_attn_bwd
 
     q, k, v, grad_out = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(grad_out)
-    if max_len < 0:
-        max_len = _longest(seq_offsets)
     dq, dk, dv, dpw, dtw = hstu_attn_bwd(
-        grad_out, q, k, v, seq_offsets.contiguous(), max_seq_len, max_len, alpha=alpha, scale=scale,
+        grad_out, q, k, v, seq_offsets.contiguous(), max_seq_len, int(max_len), alpha=alpha, scale=scale,
         timestamps=timestamps, query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
         time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len,
         need_dpw=need_dpw, need_dtw=need_dtw, fp32_precision=fp32_precision,
@@ -158,14 +162,14 @@ def _setup_context(ctx, inputs, output):
     (q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps, pos_weight,
      time_weight, time_boundaries, num_targets, max_attn_len, fp32_precision) = inputs
     ctx.save_for_backward(q, k, v, seq_offsets, timestamps, query_timestamps, pos_weight, time_weight,
-                          time_boundaries, num_targets)
-    ctx.hstu_args = (max_seq_len, max_len, alpha, scale, max_attn_len, fp32_precision)
+                          time_boundaries, num_targets, output[1])
+    ctx.hstu_args = (max_seq_len, alpha, scale, max_attn_len, fp32_precision)
 
 
-def _backward(ctx, grad_out):
+def _backward(ctx, grad_out, *_):
     (q, k, v, seq_offsets, timestamps, query_timestamps, pos_weight, time_weight, time_boundaries,
-     num_targets) = ctx.saved_tensors
-    max_seq_len, max_len, alpha, scale, max_attn_len, fp32_precision = ctx.hstu_args
+     num_targets, max_len) = ctx.saved_tensors
+    max_seq_len, alpha, scale, max_attn_len, fp32_precision = ctx.hstu_args
     need = ctx.needs_input_grad
     need_dpw = pos_weight is not None and bool(need[_PW])
     need_dtw = time_weight is not None and bool(need[_TW])
@@ -186,7 +190,8 @@ torch.library.register_autograd(
 
 
 class HSTUAttentionTritonFunction(torch.autograd.Function):
-    """Autograd for the fused kernels: forward and backward are the two custom ops above."""
+    """Autograd for the fused kernels: forward and backward are the two custom ops above. The forward's second
+    output (the longest sequence, an integer CPU scalar) carries no gradient."""
 
     @staticmethod
     def forward(q, k, v, seq_offsets, max_seq_len, max_len, alpha, scale, timestamps, query_timestamps,
@@ -201,7 +206,7 @@ class HSTUAttentionTritonFunction(torch.autograd.Function):
         _setup_context(ctx, inputs, output)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_max_len):
         return _backward(ctx, grad_out)
 
 
@@ -225,7 +230,8 @@ def hstu_attention_triton(
 ) -> Tensor:
     """HSTU attention with the fused Triton kernels (same meaning and keywords as ``naive_hstu_attention``).
 
-    ``max_len`` is the batch's longest sequence; None reads it from ``seq_offsets`` (one host synchronisation).
+    ``max_len`` is the batch's longest sequence; None reads it from ``seq_offsets`` (one host synchronisation in
+    the forward; the backward reuses it).
     """
     if scale is None:
         scale = 1.0 / max_seq_len
@@ -233,4 +239,4 @@ def hstu_attention_triton(
         _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), seq_offsets, int(max_seq_len),
         -1 if max_len is None else int(max_len), float(alpha), float(scale), timestamps, query_timestamps,
         pos_weight, time_weight, time_boundaries, num_targets, int(max_attn_len), _fp32_precision,
-    )
+    )[0]
