@@ -21,6 +21,9 @@ def _tensor(name, x, *, dims, dtypes, device, kind):
         raise TypeError(f"{name} must be {kind} ({names}), got {str(x.dtype).replace('torch.', '')}")
     if x.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(x.shape)}")
+    if x.device.type == "meta":
+        # fake tensors (torch.compile's tracing) report their real device and pass
+        raise ValueError(f"{name} is on the meta device, which holds no values: pass CPU or CUDA tensors")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but q is on {device}: all tensors must share one device")
 

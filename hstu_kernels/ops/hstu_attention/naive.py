@@ -25,6 +25,13 @@ where ``bucket(x)`` is the number of ``time_boundaries`` that are ``<= x`` and `
     i = 4:   x x x x x .      <- target: history and itself
     i = 5:   x x x x . x      <- target: history and itself, never the other target
 
+Non-finite values: a masked pair contributes exactly nothing, whatever its q, k, v, timestamps or bias entries
+hold (NaN and Inf included), so a row's output depends only on the pairs it sees. A non-finite value in a pair
+a row sees propagates: that row's output (the elements the value enters) is NaN or +-Inf, as IEEE arithmetic
+gives; a fast backend may give NaN where this op gives +-Inf. Gradients are exact for finite inputs; a sequence
+holding a non-finite input may get non-finite gradients anywhere in it. fp16 inputs on the fast backends keep
+``SiLU(s) * scale`` in fp16 before the second product, so it must stay below 65504.
+
 The computation pads the jagged batch to its longest sequence and runs in float32 (float64 for float64
 inputs). Bias tables are read by a gather whose backward is a histogram (``bincount``) on the CPU and
 ``embedding_dense_backward`` (sort and segment-reduce) on the GPU: never ``index_put`` accumulation, whose
@@ -190,5 +197,20 @@ def naive_hstu_attention_padded(
         a = torch.where(valid, s.masked_fill(~valid, torch.finfo(compute).min).softmax(dim=-1), zero)
     # where, not a multiply by the mask: padded tokens' values (even NaN) must not leak through a zero weight
     vp = torch.where(tok[:, :, None, None], v.to(compute), zero)
-    out = scale * torch.einsum("bhij,bjhd->bihd", a, vp)  # [B, N, H, Dv]
+    out = scale * _masked_product(a, valid, vp)  # [B, N, H, Dv]
     return out.to(q.dtype)
+
+
+def _masked_product(a: torch.Tensor, valid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_j a[b, h, i, j] v[b, j, h, :]`` over valid pairs only: a masked pair adds nothing even where its
+    value is not finite (a plain product would add ``0 * NaN = NaN``). ``a [B, H, N, N]`` (zero where invalid),
+    ``valid [B, 1, N, N]``, ``v [B, N, H, D]`` -> ``[B, N, H, D]``."""
+    out = torch.einsum("bhij,bjhd->bihd", a, v)
+    finite = torch.isfinite(v)
+    if bool(finite.all()):  # the common case: one product
+        return out
+    # an output element that sees a non-finite value keeps the plain (non-finite) product; the others are
+    # recomputed on the finite values alone
+    seen = torch.einsum("bhij,bjhd->bihd", valid.expand(-1, a.shape[1], -1, -1).to(v.dtype), (~finite).to(v.dtype))
+    clean = torch.einsum("bhij,bjhd->bihd", a, torch.where(finite, v, torch.zeros((), dtype=v.dtype, device=v.device)))
+    return torch.where(seen > 0, out, clean)

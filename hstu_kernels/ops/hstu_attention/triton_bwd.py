@@ -10,10 +10,11 @@ cut to ``[n0, min(u, n1 + max_attn_len))`` when the window keeps every target ro
 transposed (keys x queries, as in FlashAttention's dk/dv loop)::
 
     s^T = alpha k q^T + bias^T   dA^T = scale v dO^T   g = sig(s^T) * valid (the mask zeroes the gate)
-    a^T = s^T g                  dv += a^T dO          ds^T = dA^T g (1 + s^T (1 - g))
+    a^T = s^T g                  dv += scale a^T dO    ds^T = dA^T g (1 + s^T (1 - g))
     dk += ds^T q                 dq[rows] += ds k      (vectorised fp32 atomics into an fp32 buffer, cast last)
 
-SiLU is recomputed, nothing N x N is stored, ``alpha`` and ``scale`` are applied once to the accumulators.
+SiLU is recomputed, nothing N x N is stored; ``alpha`` is applied once to the accumulators, ``scale`` to ``dA`` and
+to ``a`` before its cast (fp16 range).
 Query tiles where every pair is valid skip the mask, as in the forward; the masked ones run in one loop (two
 loops in all: on sm_90 that spilled ~40% less than one loop per masked range). The atomics make dq, d pos_weight and
 d time_weight non-deterministic in their last bits (summation order).
@@ -103,7 +104,8 @@ def _bwd_tile(
             acc_tw += tl.where(kcol == t, above - nxt, 0.0)
             above = nxt
         acc_tw += tl.where(kcol == NUM_BOUNDARIES, above, 0.0)
-    dv += tl.dot(aT.to(do.dtype), do, input_precision=INPUT_PRECISION)
+    # scaled before the cast, as in the forward: fp16 keeps SiLU(s) * scale below 65504
+    dv += tl.dot((aT * scale).to(do.dtype), do, input_precision=INPUT_PRECISION)
     ds_lp = dsT.to(q.dtype)
     dk += tl.dot(ds_lp, q, input_precision=INPUT_PRECISION)
     # dq (without alpha, applied on the fp32 buffer at the end): fp32 atomics, one per element per key block
@@ -223,7 +225,7 @@ def _hstu_attn_bwd_kernel(
     dk_ptrs = DK + (seq_start + offs_n[:, None]) * stride_dkm + h * stride_dkh + offs_dqk[None, :]
     tl.store(dk_ptrs, (dk * alpha).to(DK.dtype.element_ty), mask=k_mask)
     dv_ptrs = DV_ + (seq_start + offs_n[:, None]) * stride_dvm + h * stride_dvh + offs_dv[None, :]
-    tl.store(dv_ptrs, (dv * scale).to(DV_.dtype.element_ty), mask=v_mask)
+    tl.store(dv_ptrs, dv.to(DV_.dtype.element_ty), mask=v_mask)
     if COMPUTE_DTW:
         kcol = tl.arange(0, NBP)
         tl.atomic_add(DTW + h * stride_dtwh + kcol, acc_tw, mask=kcol <= NUM_BOUNDARIES,

@@ -18,8 +18,10 @@ Bias in-kernel: ``pos_weight[h', min(p(i) - p(j) + max_seq_len - 1, 2 max_seq_le
 ``NUM_BOUNDARIES`` (<= 16, constexpr) compares of ``|qts_i - ts_j|`` against the sorted boundaries, each
 picking the next ``time_weight`` entry (no gather). Int32 timestamps take a 32-bit path (differences compared
 as uint32 against boundaries the host clamps to [0, 2^32 - 1]); int64 timestamps stay 64-bit (exact, slower).
-In masked tiles the mask zeroes the SiLU gate ``sigmoid(s)`` right away (``s`` stays finite), which zeroes
-``a = s * gate`` (and, in the backward, ``ds``) without keeping the mask alive.
+In masked tiles the mask selects ``a = SiLU(s)`` (a ``where``, so a masked pair adds nothing even where its score
+is +-Inf); a masked tile whose values hold a NaN or Inf sets the rows that see it to NaN and multiplies the finite
+values only (``naive.py`` states the contract). ``a * scale`` is cast to the value dtype before the second
+product, so fp16 overflows only where ``SiLU(s) * scale`` passes 65504.
 
 fp32 accumulation, SiLU, ``alpha``, ``scale`` fused; the output is stored in the input dtype. The bf16 forward on a
 GPU uses ``tanh.approx.f32`` for the sigmoid (one MUFU op; error ~2.5e-4, below bf16 rounding of the output); fp32,
@@ -172,7 +174,7 @@ def _time_bias(dt, TW_h, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexp
 def _fwd_tile(
     acc, q, pq, tq, offs_m, start_n, n, u,
     K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
-    alpha, max_seq_len, max_attn_len,
+    alpha, scale, max_seq_len, max_attn_len,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
     NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -196,12 +198,21 @@ def _fwd_tile(
     if HAS_TIME:
         tk = tl.load(TS_b + offs_n, mask=col_ok, other=0)
         s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
-    sig = _sigmoid(s, FAST_SIGMOID)
-    if MASKED:
-        sig = tl.where(valid, sig, 0.0)  # a = s * 0 = 0 (s is finite: masked bias loads give 0)
-    a = s * sig
+    a = s * _sigmoid(s, FAST_SIGMOID)
     v = tl.load(V_bh + offs_n[:, None] * stride_vm + offs_dv[None, :], mask=v_mask, other=0.0)
-    acc += tl.dot(a.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    if MASKED:
+        # a masked pair adds nothing, whatever its values: where on the product, not a zero gate (s may be +-Inf
+        # from a masked key or bias entry, and 0 * Inf = NaN)
+        a = tl.where(valid, a, 0.0)
+        # a zero weight times a NaN or Inf value is NaN too: where this tile holds one, rows that see it are set
+        # to NaN and the product runs on the finite values (rare: one reduction per masked tile otherwise)
+        v_ok = tl.abs(v.to(tl.float32)) < float("inf")
+        if tl.sum((~v_ok).to(tl.int32)) > 0:
+            seen = tl.dot(valid.to(v.dtype), (~v_ok).to(v.dtype), input_precision=INPUT_PRECISION)
+            acc = tl.where(seen > 0, float("nan"), acc)
+            v = tl.where(v_ok, v, 0.0)
+    # scaled before the cast: fp16 keeps SiLU(s) * scale, not SiLU(s), below its 65504 limit
+    acc += tl.dot((a * scale).to(v.dtype), v, input_precision=INPUT_PRECISION)
     return acc
 
 
@@ -279,19 +290,19 @@ def _hstu_attn_fwd_kernel(
                            tl.where(t < n_a + n_c, b_end + (t - n_a) * BLOCK_N, d_lo + (t - n_a - n_c) * BLOCK_N))
         acc = _fwd_tile(
             acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
-            alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
+            alpha, scale, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
             NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
         )
     for start_n in range(a_end, b_end, BLOCK_N):  # fully valid: no mask
         acc = _fwd_tile(
             acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
-            alpha, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
+            alpha, scale, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
             NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, False, BLOCK_N,
         )
 
     o_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     O_bh = Out + seq_start * stride_om + h * stride_oh
-    out = (acc * scale).to(Out.dtype.element_ty)
+    out = acc.to(Out.dtype.element_ty)
     tl.store(O_bh + offs_m[:, None] * stride_om + offs_dv[None, :], out, mask=o_mask)
 
 

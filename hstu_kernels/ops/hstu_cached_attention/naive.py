@@ -21,6 +21,9 @@ For user ``b`` with history length ``m`` (``0 <= m <= max_seq_len - 1``; 0 is a 
 with ``bucket``, ``h'`` and the tables as in ``hstu_attention`` (``hstu_kernels/ops/hstu_attention/naive.py``);
 ``query_timestamps`` defaults to ``timestamps``. The self term is always valid (the diagonal survives the window).
 
+Non-finite values follow ``hstu_attention``'s contract: a masked (out-of-window) history key contributes exactly
+nothing, whatever it holds; a non-finite value a candidate sees makes its output non-finite.
+
 The computation pads histories to ``[B, Mh]`` and candidates to ``[B, Cmax]``, scores ``[B, H, Cmax, Mh]`` against
 the history plus a diagonal self term ``[B, H, Cmax]``, and runs in float32 (float64 for float64 inputs).
 """
@@ -120,7 +123,8 @@ def naive_hstu_cached_attention(
             dt = (qts[:, :, None] - cts.to(torch.int64)[:, None, :]).abs()  # [B, Cm, Mh]
             s = s + _bias(time_weight.to(compute), torch.bucketize(dt, tb, right=True))
         a = torch.where(valid[:, None, None, :], F.silu(s), zero)
-        # where, not a multiply by the mask: padded history values (even NaN) must not leak through a zero weight
-        vc = torch.where(hist[:, :, None, None], vc, zero)
+        # where, not a multiply by the mask: masked (padded or out-of-window) history values, even NaN, must not
+        # leak through a zero weight; validity is the same for every candidate of a user
+        vc = torch.where(valid[:, :, None, None], vc, zero)
         out = out + torch.einsum("bhcj,bjhd->bchd", a, vc)
     return (scale * out[cand]).to(q.dtype)

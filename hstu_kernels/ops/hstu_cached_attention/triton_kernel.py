@@ -82,7 +82,9 @@ def _hstu_cached_attn_kernel(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_hist = offs_n < m
         col_ok = in_hist & (offs_n >= lo)
-        k_mask = _tile_mask(in_hist, offs_dqk, DQK, BLOCK_DQK)
+        # out-of-window keys are masked for every candidate alike: loaded as 0, they add nothing even where the
+        # cache holds NaN or Inf
+        k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
         kc = tl.load(KC_bh + offs_n[:, None] * stride_kcm + offs_dqk[None, :], mask=k_mask, other=0.0)
         s = tl.dot(q, tl.trans(kc), input_precision=INPUT_PRECISION) * alpha
         if HAS_POS:
@@ -92,10 +94,12 @@ def _hstu_cached_attn_kernel(
         if HAS_TIME:
             tk = tl.load(CTS + h0 + offs_n, mask=in_hist, other=0)
             s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
-        sig = tl.where(col_ok[None, :], _sigmoid(s, FAST_SIGMOID), 0.0)
-        v_mask = _tile_mask(in_hist, offs_dv, DV, BLOCK_DV)
+        # where on the product, not a zero gate: a masked pair's time bias may be +-Inf (0 * Inf = NaN)
+        a = tl.where(col_ok[None, :], s * _sigmoid(s, FAST_SIGMOID), 0.0)
+        v_mask = _tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
         vc = tl.load(VC_bh + offs_n[:, None] * stride_vcm + offs_dv[None, :], mask=v_mask, other=0.0)
-        acc += tl.dot((s * sig).to(vc.dtype), vc, input_precision=INPUT_PRECISION)
+        # scaled before the cast: fp16 keeps SiLU(s) * scale, not SiLU(s), below its 65504 limit
+        acc += tl.dot((a * scale).to(vc.dtype), vc, input_precision=INPUT_PRECISION)
 
     # the candidate's own term (always valid)
     k = tl.load(K + (c0 + offs_m[:, None]) * stride_km + h * stride_kh + offs_dqk[None, :], mask=qk_mask, other=0.0)
@@ -107,9 +111,9 @@ def _hstu_cached_attn_kernel(
         s_self += _time_bias(_time_gap(tq, tc, TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
     a_self = s_self * _sigmoid(s_self, FAST_SIGMOID)
     v = tl.load(V + (c0 + offs_m[:, None]) * stride_vm + h * stride_vh + offs_dv[None, :], mask=v_rows, other=0.0)
-    acc += a_self[:, None] * v.to(tl.float32)
+    acc += (a_self * scale)[:, None] * v.to(tl.float32)
 
-    out = (acc * scale).to(Out.dtype.element_ty)
+    out = acc.to(Out.dtype.element_ty)
     tl.store(Out + (c0 + offs_m[:, None]) * stride_om + h * stride_oh + offs_dv[None, :], out, mask=v_rows)
 
 
