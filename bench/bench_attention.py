@@ -65,6 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile-check", action="store_true",
                    help="no GPU needed: compile every autotune config for sm_90 and print registers, spills, smem")
+    p.add_argument("--kernels", type=str, default="fwd,bwd,cached",
+                   help="with --compile-check: the kernels to compile (comma-separated fwd, bwd, cached)")
+    p.add_argument("--max-configs", type=int, default=None,
+                   help="with --compile-check: only the first configs of each kernel")
     return p.parse_args(argv)
 
 
@@ -243,7 +247,7 @@ def compile_check(args):
     from triton.compiler import ASTSource
 
     from hstu_kernels.ops.hstu_attention import triton_bwd, triton_fwd
-    from hstu_kernels.ops.hstu_cached_attention import triton_kernel as cached
+    from hstu_kernels.ops.hstu_cached_attention import triton_fwd as cached
 
     tdt = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[args.dtype]
     ts = "i32" if args.ts_dtype == "int32" else "i64"
@@ -261,10 +265,13 @@ def compile_check(args):
     for kind, fn, configs in (("fwd", triton_fwd._hstu_attn_fwd_kernel, triton_fwd._fwd_configs()),
                               ("bwd", triton_bwd._hstu_attn_bwd_kernel, triton_bwd._bwd_configs()),
                               ("cached", cached._hstu_cached_attn_kernel, cached._configs())):
+        if kind not in args.kernels.split(","):
+            continue
+        configs = configs[: args.max_configs]
         types = {n: "i32" for n in fn.arg_names}
         for n in ("Q", "K", "V", "Out", "DO", "DK", "DV_", "KC", "VC"):
             types[n] = f"*{tdt}"
-        types.update(DQ="*fp32", SeqOffsets="*i64", NumTargets="*i64", CandOffsets="*i64", CacheOffsets="*i64",
+        types.update(DQ="*fp32", VBad="*i8", VBadCum="*i32", SeqOffsets="*i64", NumTargets="*i64", CandOffsets="*i64", CacheOffsets="*i64",
                      TS=f"*{ts}", QTS=f"*{ts}", CTS=f"*{ts}", PW="*fp32", TW="*fp32", TB="*i64", DPW="*fp32",
                      DTW="*fp32", alpha="fp32", scale="fp32")
         for c in configs:
@@ -286,7 +293,7 @@ def compile_check(args):
                                    target=GPUTarget("cuda", 90, 32),
                                    options={"num_warps": c.num_warps, "num_stages": c.num_stages})
             except Exception as e:  # noqa: BLE001
-                print(f"{tag}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                print(f"{tag}: FAILED {type(e).__name__}: {str(e)[-600:]}")
                 continue
             with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
                 f.write(k.asm["ptx"])

@@ -19,8 +19,8 @@ Bias in-kernel: ``pos_weight[h', min(p(i) - p(j) + max_seq_len - 1, 2 max_seq_le
 picking the next ``time_weight`` entry (no gather). Int32 timestamps take a 32-bit path (differences compared
 as uint32 against boundaries the host clamps to [0, 2^32 - 1]); int64 timestamps stay 64-bit (exact, slower).
 In masked tiles the mask selects ``a = SiLU(s)`` (a ``where``, so a masked pair adds nothing even where its score
-is +-Inf); a masked tile whose values hold a NaN or Inf sets the rows that see it to NaN and multiplies the finite
-values only (``naive.py`` states the contract). ``a * scale`` is cast to the value dtype before the second
+is +-Inf); masked tiles multiply the finite values only and flag the rows that see a non-finite value, which
+end as NaN (``naive.py`` states the contract). ``a * scale`` is cast to the value dtype before the second
 product, so fp16 overflows only where ``SiLU(s) * scale`` passes 65504.
 
 fp32 accumulation, SiLU, ``alpha``, ``scale`` fused; the output is stored in the input dtype. The bf16 forward on a
@@ -173,7 +173,7 @@ def _time_bias(dt, TW_h, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexp
 @triton.jit
 def _fwd_tile(
     acc, q, pq, tq, offs_m, start_n, n, u,
-    K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+    K_bh, V_bh, VB_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
     alpha, scale, max_seq_len, max_attn_len,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
@@ -185,7 +185,10 @@ def _fwd_tile(
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
-    v_mask = _tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
+    # keys whose value row holds a NaN or Inf load as zeros (a masked pair's 0 * NaN would poison its row); the
+    # epilogue sets the rows that see one to NaN
+    key_bad = tl.load(VB_bh + offs_n, mask=col_ok, other=0)
+    v_mask = _tile_mask(col_ok & (key_bad == 0), offs_dv, DV, BLOCK_DV)
     k = tl.load(K_bh + offs_n[:, None] * stride_km + offs_dqk[None, :], mask=k_mask, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
     pk = tl.minimum(offs_n, u)
@@ -199,18 +202,11 @@ def _fwd_tile(
         tk = tl.load(TS_b + offs_n, mask=col_ok, other=0)
         s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
     a = s * _sigmoid(s, FAST_SIGMOID)
-    v = tl.load(V_bh + offs_n[:, None] * stride_vm + offs_dv[None, :], mask=v_mask, other=0.0)
     if MASKED:
         # a masked pair adds nothing, whatever its values: where on the product, not a zero gate (s may be +-Inf
         # from a masked key or bias entry, and 0 * Inf = NaN)
         a = tl.where(valid, a, 0.0)
-        # a zero weight times a NaN or Inf value is NaN too: where this tile holds one, rows that see it are set
-        # to NaN and the product runs on the finite values (rare: one reduction per masked tile otherwise)
-        v_ok = tl.abs(v.to(tl.float32)) < float("inf")
-        if tl.sum((~v_ok).to(tl.int32)) > 0:
-            seen = tl.dot(valid.to(v.dtype), (~v_ok).to(v.dtype), input_precision=INPUT_PRECISION)
-            acc = tl.where(seen > 0, float("nan"), acc)
-            v = tl.where(v_ok, v, 0.0)
+    v = tl.load(V_bh + offs_n[:, None] * stride_vm + offs_dv[None, :], mask=v_mask, other=0.0)
     # scaled before the cast: fp16 keeps SiLU(s) * scale, not SiLU(s), below its 65504 limit
     acc += tl.dot((a * scale).to(v.dtype), v, input_precision=INPUT_PRECISION)
     return acc
@@ -218,9 +214,9 @@ def _fwd_tile(
 
 @triton.jit(do_not_specialize=["max_seq_len", "max_attn_len", "AUTOTUNE_LEN"])
 def _hstu_attn_fwd_kernel(
-    Q, K, V, Out, SeqOffsets, NumTargets, TS, QTS, PW, TW, TB,
+    Q, K, V, VBad, VBadCum, Out, SeqOffsets, NumTargets, TS, QTS, PW, TW, TB,
     stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh, stride_om, stride_oh,
-    stride_pwh, stride_twh,
+    stride_pwh, stride_twh, stride_vbh, stride_vch,
     H, alpha, scale, max_seq_len, max_attn_len, AUTOTUNE_LEN,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
@@ -247,6 +243,7 @@ def _hstu_attn_fwd_kernel(
     pq = tl.minimum(offs_m, u)
     K_bh = K + seq_start * stride_km + h * stride_kh
     V_bh = V + seq_start * stride_vm + h * stride_vh
+    VB_bh = VBad + h * stride_vbh + seq_start
     TS_b = TS + seq_start
     PW_h = PW + h * stride_pwh
     TW_h = TW + h * stride_twh
@@ -289,20 +286,30 @@ def _hstu_attn_fwd_kernel(
         start_n = tl.where(t < n_a, lo_al + t * BLOCK_N,
                            tl.where(t < n_a + n_c, b_end + (t - n_a) * BLOCK_N, d_lo + (t - n_a - n_c) * BLOCK_N))
         acc = _fwd_tile(
-            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, VB_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
             alpha, scale, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
             NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, True, BLOCK_N,
         )
     for start_n in range(a_end, b_end, BLOCK_N):  # fully valid: no mask
         acc = _fwd_tile(
-            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
+            acc, q, pq, tq, offs_m, start_n, n, u, K_bh, V_bh, VB_bh, stride_km, stride_vm, TS_b, PW_h, TW_h, TB,
             alpha, scale, max_seq_len, max_attn_len, DQK, DV, BLOCK_DQK, BLOCK_DV, HAS_WINDOW, HAS_POS, HAS_TIME,
             NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, False, BLOCK_N,
         )
 
     o_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     O_bh = Out + seq_start * stride_om + h * stride_oh
-    out = acc.to(Out.dtype.element_ty)
+    # a row that sees a key with a non-finite value: its history keys [lo_i, p(i)) (prefix counts of such keys)
+    # and its own key; the tiles loaded those values as zeros, so the NaN is set here
+    if HAS_WINDOW:
+        lo_i = tl.maximum(pq - max_attn_len, 0)
+    else:
+        lo_i = tl.zeros_like(pq)
+    VC_bh = VBadCum + h * stride_vch + seq_start
+    seen_bad = tl.load(VC_bh + pq, mask=row_ok, other=0) - tl.load(VC_bh + lo_i, mask=row_ok, other=0)
+    own_bad = tl.load(VBad + h * stride_vbh + seq_start + offs_m, mask=row_ok, other=0)
+    out = tl.where(((seen_bad > 0) | (own_bad != 0))[:, None], float("nan"), acc)
+    out = out.to(Out.dtype.element_ty)
     tl.store(O_bh + offs_m[:, None] * stride_om + offs_dv[None, :], out, mask=o_mask)
 
 
@@ -433,6 +440,16 @@ def kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_
     )
 
 
+def nonfinite_rows(v: torch.Tensor):
+    """``v [L, H, D]`` -> (int8 ``[H, L]``: 1 where a value row holds a NaN or Inf; int32 ``[H, L + 1]``: their
+    exclusive prefix counts). Head-major, so each tile reads a contiguous run. The forward loads such rows as
+    zeros and sets the rows that see one (a prefix-count difference) to NaN."""
+    bad = (~torch.isfinite(v)).any(dim=-1).t().contiguous()
+    counts = torch.zeros((v.shape[1], v.shape[0] + 1), dtype=torch.int32, device=v.device)
+    torch.cumsum(bad, dim=1, dtype=torch.int32, out=counts[:, 1:])
+    return bad.to(torch.int8), counts
+
+
 def hstu_attn_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,
                   query_timestamps=None, pos_weight=None, time_weight=None, time_boundaries=None,
                   num_targets=None, max_attn_len=0, fp32_precision="ieee"):
@@ -445,10 +462,11 @@ def hstu_attn_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, t
         return out.zero_() if out.numel() else out
     f = kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_boundaries, num_targets,
                      max_attn_len, fp32_precision)
+    v_bad, v_bad_cum = nonfinite_rows(v)
     args = (
-        q, k, v, out, seq_offsets, f["nt"], f["ts"], f["qts"], f["pw"], f["tw"], f["tb"],
+        q, k, v, v_bad, v_bad_cum, out, seq_offsets, f["nt"], f["ts"], f["qts"], f["pw"], f["tw"], f["tb"],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        f["stride_pwh"], f["stride_twh"],
+        f["stride_pwh"], f["stride_twh"], v_bad.stride(0), v_bad_cum.stride(0),
         H, float(alpha), float(scale), int(max_seq_len), int(max_attn_len), length_bucket(max_len),
     )
     meta = dict(

@@ -3,7 +3,7 @@
 Serving needs no gradient, so there is no backward: with autograd recording and an input that requires grad,
 ``hstu_cached_attention(backend="triton")`` raises and ``backend="auto"`` takes the naive op. The custom op has a
 fake (meta) implementation so ``torch.compile`` traces a serving model through it. Importing this module does
-not import Triton; the kernel (``triton_kernel.py``) loads on the first call. What the backend can take (devices,
+not import Triton; the kernel (``triton_fwd.py``) loads on the first call. What the backend can take (devices,
 dtypes, head dims, boundaries) is the attention kernel's: see ``hstu_attention/triton_impl.py``.
 """
 
@@ -41,7 +41,7 @@ def triton_hstu_cached_attention(
     time_weight: Optional[Tensor], time_boundaries: Optional[Tensor], max_attn_len: int, fp32_precision: str,
 ) -> Tensor:
     """Cached attention with the Triton kernel. ``max_cands`` / ``max_hist`` < 0: read from the offsets."""
-    from .triton_kernel import hstu_cached_attn_fwd
+    from .triton_fwd import hstu_cached_attn_fwd
 
     if max_cands < 0:
         max_cands = _longest(cand_offsets)
