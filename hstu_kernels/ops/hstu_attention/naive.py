@@ -27,8 +27,8 @@ where ``bucket(x)`` is the number of ``time_boundaries`` that are ``<= x`` and `
 
 Non-finite values: a masked pair contributes exactly nothing, whatever its q, k, v, timestamps or bias entries
 hold (NaN and Inf included), so a row's output depends only on the pairs it sees. A non-finite value in a pair
-a row sees propagates: that row's output (the elements the value enters) is NaN or +-Inf, as IEEE arithmetic
-gives; a fast backend may give NaN where this op gives +-Inf. Gradients are exact for finite inputs; a sequence
+a row sees propagates: that row's output is non-finite (here the elements the value enters, NaN or +-Inf as
+IEEE arithmetic gives; the fused forward sets a row that sees a non-finite value to NaN in full). Gradients are exact for finite inputs; a sequence
 holding a non-finite input may get non-finite gradients anywhere in it. fp16 inputs on the fast backends keep
 ``SiLU(s) * scale`` in fp16 before the second product, so it must stay below 65504.
 
