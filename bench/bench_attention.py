@@ -112,7 +112,7 @@ def make_batch(torch, B, N, H, D, *, jagged, dtype, ts_dtype, bias, seed, device
 
 def padded(torch, batch, lengths, N):
     """The jagged q, k, v as [B, H, N, D] for SDPA (zero padding)."""
-    from hstu_kernels.ops.hstu_attention.naive import jagged_to_padded
+    from hstu_kernels import jagged_to_padded
 
     out = []
     for name in ("q", "k", "v"):
@@ -262,9 +262,9 @@ def compile_check(args):
     D = 128 if not args.shapes else int(args.shapes.split(";")[0].split(",")[3])
     print(f"triton {triton.__version__}, sm_90 (ptxas {os.path.basename(ptxas)})")
     bias = not args.no_bias
-    for kind, fn, configs in (("fwd", triton_fwd._hstu_attn_fwd_kernel, triton_fwd._fwd_configs()),
-                              ("bwd", triton_bwd._hstu_attn_bwd_kernel, triton_bwd._bwd_configs()),
-                              ("cached", cached._hstu_cached_attn_kernel, cached._configs())):
+    for kind, fn, configs in (("fwd", triton_fwd.hstu_attention_fwd_kernel, triton_fwd._fwd_configs()),
+                              ("bwd", triton_bwd.hstu_attention_bwd_kernel, triton_bwd._bwd_configs()),
+                              ("cached", cached.hstu_cached_attention_fwd_kernel, cached._configs())):
         if kind not in args.kernels.split(","):
             continue
         configs = configs[: args.max_configs]

@@ -4,14 +4,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hstu_kernels.ops.hstu_attention import choose_backend, fast_backends_available, hstu_attention
-from hstu_kernels.ops.hstu_attention.checks import check_hstu_attention_args
-from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention, naive_hstu_attention_padded
-from hstu_kernels.ops.hstu_cached_attention import choose_backend as choose_cached_backend
-from hstu_kernels.ops.hstu_cached_attention import hstu_cached_attention
+from hstu_kernels import (
+    check_hstu_attention_args,
+    fast_backends_available,
+    fused_backend,
+    fused_cached_backend,
+    hstu_attention,
+    hstu_cached_attention,
+    naive_hstu_attention_padded,
+)
 
 from .bias import DEFAULT_TIME_BOUNDARIES, RelativeAttentionBias
 from .jagged import jagged_to_padded, lengths_to_offsets, padded_to_jagged
+from .softmax_attention import softmax_attention, softmax_attention_padded
 
 
 def require_fused_backend(owner: str) -> None:
@@ -115,14 +120,13 @@ class HSTUBlock(nn.Module):
             longest = check_hstu_attention_args(
                 q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, check_values=check, **kw
             )
-            attn = naive_hstu_attention(
-                q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, activation="softmax",
-                max_len=longest, **kw,
+            attn = softmax_attention(
+                q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, max_len=longest, **kw
             )
         else:
             backend = "torch"
             if self.fused:
-                backend = choose_backend("fast", q, k, v, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries"))
+                backend = fused_backend(q, k, v, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries"))
             attn = hstu_attention(
                 q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, backend=backend, check=check, **kw
             )
@@ -156,8 +160,8 @@ class HSTUBlock(nn.Module):
             kw.update(query_timestamps=query_timestamps, cache_timestamps=cache_timestamps)
         backend = "torch"
         if self.fused:
-            backend = choose_cached_backend(
-                "fast", q, k, v, k_cache, v_cache, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries")
+            backend = fused_cached_backend(
+                q, k, v, k_cache, v_cache, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries")
             )
         attn = hstu_cached_attention(
             q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, self.max_seq_len, backend=backend, check=check,
@@ -180,9 +184,7 @@ class HSTUBlock(nn.Module):
             y = self.forward(padded_to_jagged(x, lengths), offsets, ts, num_targets)
             return jagged_to_padded(y, offsets, x.shape[1])[0]
         u, v, q, k = self.project(x)
-        attn = naive_hstu_attention_padded(
-            q, k, v, lengths, self.max_seq_len, num_targets=num_targets, activation=self.attn_activation,
-            **self._attn_kwargs(timestamps),
-        )
+        attend = softmax_attention_padded if self.attn_activation == "softmax" else naive_hstu_attention_padded
+        attn = attend(q, k, v, lengths, self.max_seq_len, num_targets=num_targets, **self._attn_kwargs(timestamps))
         tok = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]
         return torch.where(tok, self.finish(x, u, attn), torch.zeros((), dtype=x.dtype, device=x.device))

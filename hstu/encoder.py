@@ -3,8 +3,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from hstu_kernels.ops.hstu_attention.checks import check_hstu_attention_args
-from hstu_kernels.ops.hstu_cached_attention import check_hstu_cached_attention_args
+from hstu_kernels import check_hstu_attention_args, check_hstu_cached_attention_args
 
 from .actions import UNKNOWN
 from .bias import DEFAULT_TIME_BOUNDARIES

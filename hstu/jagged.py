@@ -2,7 +2,7 @@
 
 import torch
 
-from hstu_kernels.ops.hstu_attention.naive import jagged_to_padded
+from hstu_kernels import jagged_to_padded
 
 __all__ = ["lengths_to_offsets", "jagged_to_padded", "padded_to_jagged"]
 

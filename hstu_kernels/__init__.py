@@ -1,10 +1,29 @@
-"""Fused GPU kernels for HSTU. Each op lives in ``hstu_kernels/ops/<op>/`` beside its naive reference."""
+"""Fused GPU kernels for HSTU. Each op lives in ``hstu_kernels/ops/<op>/`` beside its naive reference.
 
-from .ops.hstu_attention import backend_reasons, fast_backends_available, hstu_attention, naive_hstu_attention
-from .ops.hstu_cached_attention import hstu_cached_attention, naive_hstu_cached_attention
+The names here are the public API the model (``hstu/``) uses: the two ops, their references, argument checks,
+backend choice, and the jagged helpers.
+"""
+
+from .ops.common.jagged import jagged_to_padded
+from .ops.hstu_attention import (
+    backend_reasons,
+    check_hstu_attention_args,
+    fast_backends_available,
+    fused_backend,
+    hstu_attention,
+    hstu_scores_padded,
+    masked_product,
+    naive_hstu_attention,
+    naive_hstu_attention_padded,
+    run_on_padded,
+)
+from .ops.hstu_cached_attention import check_hstu_cached_attention_args, hstu_cached_attention, naive_hstu_cached_attention
+from .ops.hstu_cached_attention import fused_backend as fused_cached_backend
 
 __version__ = "0.1.0"
 __all__ = [
-    "hstu_attention", "naive_hstu_attention", "backend_reasons", "fast_backends_available", "__version__",
-    "hstu_cached_attention", "naive_hstu_cached_attention",
+    "hstu_attention", "naive_hstu_attention", "naive_hstu_attention_padded", "hstu_scores_padded", "masked_product", "run_on_padded",
+    "check_hstu_attention_args", "backend_reasons", "fast_backends_available", "fused_backend",
+    "hstu_cached_attention", "naive_hstu_cached_attention", "check_hstu_cached_attention_args",
+    "fused_cached_backend", "jagged_to_padded", "__version__",
 ]

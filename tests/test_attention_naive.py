@@ -7,7 +7,7 @@ import torch
 
 from hstu_kernels import hstu_attention, naive_hstu_attention
 from hstu_kernels.ops.hstu_attention import naive_hstu_attention_padded
-from hstu_kernels.ops.hstu_attention.naive import jagged_to_padded
+from hstu_kernels import jagged_to_padded
 
 BOUNDARIES = [5, 20, 60]
 

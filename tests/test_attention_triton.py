@@ -27,6 +27,7 @@ from hstu_kernels.ops.hstu_attention import (
     triton_fwd,
     triton_impl,
 )
+from hstu_kernels.ops.common import triton_support
 
 INTERPRET = triton_fwd.INTERPRET
 HAS_CUDA = torch.cuda.is_available()
@@ -184,7 +185,7 @@ def test_alpha_scale_and_windows():
 def test_block_shapes(monkeypatch, fwd_blocks, bwd_blocks):
     """BLOCK_M != BLOCK_N (the GPU configs' shapes) through the same range and mask-free tile logic."""
     monkeypatch.setattr(triton_fwd, "FWD_CONFIG_OVERRIDE", (*fwd_blocks, 4, 1))
-    monkeypatch.setattr(triton_fwd, "BWD_CONFIG_OVERRIDE", (*bwd_blocks, 4, 1))
+    monkeypatch.setattr(triton_bwd, "BWD_CONFIG_OVERRIDE", (*bwd_blocks, 4, 1))
     batch = make_batch([70, 40, 9, 33], targets=[6, 20, 0, 1], max_seq_len=65, qts=True)
     assert_matches_fp64(batch, max_attn_len=0)
     assert_matches_fp64(batch, max_attn_len=21)
@@ -218,8 +219,8 @@ def test_check_false_and_unknown_max_len():
 def test_check_false_reads_the_longest_sequence_once(monkeypatch):
     """With check=False the forward reads the longest length (a host sync on a GPU); the backward reuses it."""
     calls = []
-    real = triton_impl._longest
-    monkeypatch.setattr(triton_impl, "_longest", lambda offsets: calls.append(1) or real(offsets))
+    real = triton_impl.longest_segment
+    monkeypatch.setattr(triton_impl, "longest_segment", lambda offsets: calls.append(1) or real(offsets))
     out, grads, _ = run_op(make_batch([9, 31], targets=[2, 2]), "triton", check=False)
     assert len(calls) == 1 and grads["q"] is not None
     calls.clear()
@@ -237,12 +238,13 @@ def test_backward_uses_the_exact_sigmoid(monkeypatch):
 
     monkeypatch.setattr(triton_fwd, "INTERPRET", False)
     monkeypatch.setattr(triton_fwd, "launch", fake_launch)
+    monkeypatch.setattr(triton_bwd, "launch", fake_launch)
     batch = make_batch([7, 4], dtype=torch.bfloat16)
     args = dict(alpha=1.0, scale=0.1, timestamps=batch["timestamps"], pos_weight=batch["pos_weight"],
                 time_weight=batch["time_weight"], time_boundaries=batch["time_boundaries"])
     q, k, v, offsets = batch["q"], batch["k"], batch["v"], batch["seq_offsets"]
-    triton_fwd.hstu_attn_fwd(q, k, v, offsets, batch["max_seq_len"], 7, **args)
-    triton_bwd.hstu_attn_bwd(torch.ones_like(v), q, k, v, offsets, batch["max_seq_len"], 7, **args)
+    triton_fwd.hstu_attention_fwd(q, k, v, offsets, batch["max_seq_len"], 7, **args)
+    triton_bwd.hstu_attention_bwd(torch.ones_like(v), q, k, v, offsets, batch["max_seq_len"], 7, **args)
     assert seen == {"BLOCK_M": True, "BLOCK_N": False}
 
 
@@ -327,7 +329,7 @@ def test_reasons():
 
 
 def test_cpu_tensors_refused_without_the_interpreter(monkeypatch):
-    monkeypatch.setattr(triton_impl, "_INTERPRET", False)
+    monkeypatch.setattr(triton_support, "INTERPRET", False)
     batch = make_batch([4, 3])
     assert "needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)" in backend_reasons(
         batch["q"], batch["k"], batch["v"])["triton"]
@@ -433,7 +435,7 @@ def _every_option_batch(dtype):
 def test_gpu_every_config(monkeypatch, pair, window):
     """Each autotune config of both kernels (autotuning runs only the fastest) in bf16, every option on."""
     monkeypatch.setattr(triton_fwd, "FWD_CONFIG_OVERRIDE", pair[0])
-    monkeypatch.setattr(triton_fwd, "BWD_CONFIG_OVERRIDE", pair[1])
+    monkeypatch.setattr(triton_bwd, "BWD_CONFIG_OVERRIDE", pair[1])
     assert_two_x_rule(_every_option_batch(torch.bfloat16), max_attn_len=window)
 
 
@@ -451,7 +453,7 @@ def _fp32_kept_configs():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_gpu_fp32_kept_configs(monkeypatch, pair):
     monkeypatch.setattr(triton_fwd, "FWD_CONFIG_OVERRIDE", pair[0])
-    monkeypatch.setattr(triton_fwd, "BWD_CONFIG_OVERRIDE", pair[1])
+    monkeypatch.setattr(triton_bwd, "BWD_CONFIG_OVERRIDE", pair[1])
     assert_matches_fp64(_every_option_batch(torch.float32), rel=2e-4, max_attn_len=77)
 
 

@@ -20,7 +20,12 @@ from hstu.encoder import HSTUEncoder
 from hstu.jagged import lengths_to_offsets
 from hstu_kernels import hstu_cached_attention
 from hstu_kernels.ops.hstu_attention import triton_fwd
-from hstu_kernels.ops.hstu_cached_attention import backend_reasons, choose_backend, naive_hstu_cached_attention
+from hstu_kernels.ops.hstu_cached_attention import (
+    backend_reasons,
+    choose_backend,
+    fused_backend,
+    naive_hstu_cached_attention,
+)
 
 INTERPRET = triton_fwd.INTERPRET
 HAS_CUDA = torch.cuda.is_available()
@@ -162,13 +167,13 @@ def test_dispatch_rules():
     a = make_case([3], [2])
     # CPU tensors: "auto" takes the naive op even when the interpreter could run Triton
     assert choose_backend("auto", a["q"], a["k"], a["v"], a["k_cache"], a["v_cache"]) == "torch"
-    assert choose_backend("fast", a["q"], a["k"], a["v"], a["k_cache"], a["v_cache"]) == "triton"
-    # no backward: with autograd recording, triton refuses and "fast" raises
+    assert fused_backend(a["q"], a["k"], a["v"], a["k_cache"], a["v_cache"]) == "triton"
+    # no backward: with autograd recording, triton refuses and no fused backend remains
     q = a["q"].clone().requires_grad_()
     with pytest.raises(ValueError, match="'triton' cannot take these inputs.*no backward.*torch.no_grad"):
         hstu_cached_attention(**dict(a, q=q), backend="triton")
     with pytest.raises(ValueError, match="no fused backend"):
-        choose_backend("fast", q, a["k"], a["v"], a["k_cache"], a["v_cache"])
+        fused_backend(q, a["k"], a["v"], a["k_cache"], a["v_cache"])
     with torch.no_grad():
         hstu_cached_attention(**dict(a, q=q), backend="triton")  # fine without autograd
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -9,61 +9,7 @@ from typing import Optional
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-INT_DTYPES = (torch.int32, torch.int64)
-
-
-def _tensor(name, x, *, dims, dtypes, device, kind):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must be {kind} ({names}), got {str(x.dtype).replace('torch.', '')}")
-    if x.dim() != dims:
-        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(x.shape)}")
-    if x.device.type == "meta":
-        # fake tensors (torch.compile's tracing) report their real device and pass
-        raise ValueError(f"{name} is on the meta device, which holds no values: pass CPU or CUDA tensors")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} is on {x.device} but q is on {device}: all tensors must share one device")
-
-
-def check_scalars(max_seq_len, max_attn_len, alpha, scale) -> None:
-    """The scalar arguments every attention op shares."""
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
-        raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
-    if isinstance(max_attn_len, bool) or not isinstance(max_attn_len, int) or max_attn_len < 0:
-        raise ValueError(f"max_attn_len must be an int >= 0 (0: no window), got {max_attn_len!r}")
-    for name, x in (("alpha", alpha), ("scale", scale)):
-        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
-            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
-
-
-def check_bias_tables(H, max_seq_len, pos_weight, time_weight, time_boundaries, has_timestamps, device,
-                      timestamp_names="timestamps"):
-    """Shapes, dtypes and devices of the relative-bias tables (shared by every attention op)."""
-    if pos_weight is not None:
-        _tensor("pos_weight", pos_weight, dims=2, dtypes=FLOAT_DTYPES, device=device, kind="a floating tensor")
-        if pos_weight.shape[0] not in (1, H) or pos_weight.shape[1] != 2 * max_seq_len - 1:
-            raise ValueError(
-                f"pos_weight must have shape [Hb, 2 * max_seq_len - 1] = [1 or {H}, {2 * max_seq_len - 1}], "
-                f"got {tuple(pos_weight.shape)}"
-            )
-    if time_weight is not None:
-        _tensor("time_weight", time_weight, dims=2, dtypes=FLOAT_DTYPES, device=device, kind="a floating tensor")
-        if not has_timestamps or time_boundaries is None:
-            raise ValueError(f"time_weight needs {timestamp_names} and time_boundaries")
-    if time_boundaries is not None:
-        _tensor("time_boundaries", time_boundaries, dims=1, dtypes=INT_DTYPES, device=device, kind="an integer tensor")
-        if time_weight is None:
-            raise ValueError("time_boundaries is given without time_weight")
-        nb = time_boundaries.shape[0]
-        if time_weight.shape[0] not in (1, H) or time_weight.shape[1] != nb + 1:
-            raise ValueError(
-                f"time_weight must have shape [Hb, len(time_boundaries) + 1] = [1 or {H}, {nb + 1}], "
-                f"got {tuple(time_weight.shape)}"
-            )
-
+from ..common.checks import FLOAT_DTYPES, INT_DTYPES, check_bias_tables, check_scalars, check_tensor
 
 def check_hstu_attention_args(
     q: torch.Tensor,
@@ -84,10 +30,10 @@ def check_hstu_attention_args(
     check_values: bool = True,
 ) -> Optional[int]:
     """Validate every argument of ``hstu_attention``; return the longest sequence length (None if not checked)."""
-    _tensor("q", q, dims=3, dtypes=FLOAT_DTYPES, device=None, kind="a floating tensor")
+    check_tensor("q", q, dims=3, dtypes=FLOAT_DTYPES, device=None, kind="a floating tensor")
     dev = q.device
-    _tensor("k", k, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
-    _tensor("v", v, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+    check_tensor("k", k, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
+    check_tensor("v", v, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != q.shape:
@@ -95,7 +41,7 @@ def check_hstu_attention_args(
     if v.shape[:2] != q.shape[:2]:
         raise ValueError(f"v must have shape [L, H, Dv] with q's L, H = {tuple(q.shape[:2])}, got {tuple(v.shape)}")
     L, H = q.shape[0], q.shape[1]
-    _tensor("seq_offsets", seq_offsets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+    check_tensor("seq_offsets", seq_offsets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
     if seq_offsets.shape[0] < 1:
         raise ValueError("seq_offsets must have B+1 >= 1 entries, got an empty tensor")
     B = seq_offsets.shape[0] - 1
@@ -103,13 +49,13 @@ def check_hstu_attention_args(
 
     for name, x in (("timestamps", timestamps), ("query_timestamps", query_timestamps)):
         if x is not None:
-            _tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor of seconds")
+            check_tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor of seconds")
             if x.shape[0] != L:
                 raise ValueError(f"{name} must have shape [L] = [{L}], got {tuple(x.shape)}")
     if query_timestamps is not None and timestamps is None:
         raise ValueError("query_timestamps needs timestamps (the keys' times) too")
     if num_targets is not None:
-        _tensor("num_targets", num_targets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
+        check_tensor("num_targets", num_targets, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
         if num_targets.shape[0] != B:
             raise ValueError(f"num_targets must have shape [B] = [{B}], got {tuple(num_targets.shape)}")
     check_bias_tables(H, max_seq_len, pos_weight, time_weight, time_boundaries, timestamps is not None, dev)

@@ -33,9 +33,7 @@ holding a non-finite input may get non-finite gradients anywhere in it. fp16 inp
 ``SiLU(s) * scale`` in fp16 before the second product, so it must stay below 65504.
 
 The computation pads the jagged batch to its longest sequence and runs in float32 (float64 for float64
-inputs). Bias tables are read by a gather whose backward is a histogram (``bincount``) on the CPU and
-``embedding_dense_backward`` (sort and segment-reduce) on the GPU: never ``index_put`` accumulation, whose
-atomics on a handful of table entries make the backward dozens of times slower on a GPU.
+inputs); the bias tables are read by ``common.bias.bias_lookup`` (a gradient without atomics).
 """
 
 from typing import Optional
@@ -43,46 +41,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
-class _TableLookup(torch.autograd.Function):
-    """``table [Hb, E]`` read at ``idx [...]`` -> ``[Hb, ...]``, with a gradient that reduces without atomics."""
-
-    @staticmethod
-    def forward(ctx, table, idx):
-        ctx.save_for_backward(idx)
-        ctx.num_entries = table.shape[1]
-        return table[:, idx]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (idx,) = ctx.saved_tensors
-        E, Hb = ctx.num_entries, grad.shape[0]
-        if grad.is_cuda:
-            g = grad.reshape(Hb, -1).t()
-            out = torch.ops.aten.embedding_dense_backward(g.contiguous(), idx.reshape(-1), E, -1, False).t()
-        else:
-            flat = idx.reshape(-1)
-            out = torch.stack([torch.bincount(flat, grad[h].reshape(-1), minlength=E) for h in range(Hb)])
-        return out.to(grad.dtype), None
-
-
-def _bias(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``table [Hb, E]`` at ``idx [B, N, N]`` -> ``[B, Hb, N, N]``."""
-    return _TableLookup.apply(table, idx).transpose(0, 1)
-
-
-def jagged_to_padded(values: torch.Tensor, seq_offsets: torch.Tensor, max_len: int, pad_value=0):
-    """``values [L, ...]`` jagged by ``seq_offsets [B+1]`` -> (``padded [B, max_len, ...]``, ``mask [B, max_len]``)."""
-    lengths = seq_offsets[1:] - seq_offsets[:-1]
-    ar = torch.arange(max_len, device=values.device)
-    mask = ar[None, :] < lengths[:, None]
-    if values.shape[0] == 0:
-        padded = values.new_full((lengths.shape[0], max_len, *values.shape[1:]), pad_value)
-        return padded, mask
-    idx = (seq_offsets[:-1, None].to(torch.long) + ar[None, :]).clamp_(max=values.shape[0] - 1)
-    padded = values[idx]
-    fill = mask.view(*mask.shape, *([1] * (values.dim() - 1)))
-    return torch.where(fill, padded, torch.full_like(padded, pad_value)), mask
+from ..common.bias import bias_lookup
+from ..common.jagged import jagged_to_padded
 
 
 def naive_hstu_attention(
@@ -101,7 +61,6 @@ def naive_hstu_attention(
     time_boundaries: Optional[torch.Tensor] = None,
     num_targets: Optional[torch.Tensor] = None,
     max_attn_len: int = 0,
-    activation: str = "silu",
     max_len: Optional[int] = None,
 ) -> torch.Tensor:
     """Reference HSTU attention over a jagged batch (no argument checks: see ``hstu_attention``).
@@ -112,13 +71,22 @@ def naive_hstu_attention(
         timestamps, query_timestamps: ``[L]`` integer seconds; query_timestamps defaults to timestamps.
         pos_weight: ``[Hb, 2 * max_seq_len - 1]``; time_weight: ``[Hb, len(time_boundaries) + 1]``; Hb in {1, H}.
         time_boundaries: ``[nb]`` sorted integers. num_targets: ``[B]`` integers.
-        activation: ``"silu"`` (HSTU) or ``"softmax"`` (the ablation: a row-wise softmax over the same masked,
-            biased scores; scale then defaults to 1).
         max_len: the longest sequence, if the caller knows it (saves a host synchronisation).
 
     Returns:
         ``[L, H, Dv]`` in q's dtype.
     """
+    return run_on_padded(
+        naive_hstu_attention_padded, q, k, v, seq_offsets, max_seq_len, alpha=alpha, scale=scale,
+        timestamps=timestamps, query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
+        time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len, max_len=max_len,
+    )
+
+
+def run_on_padded(padded_fn, q, k, v, seq_offsets, max_seq_len, *, timestamps=None, query_timestamps=None,
+                  max_len: Optional[int] = None, **kwargs) -> torch.Tensor:
+    """``padded_fn`` (with ``naive_hstu_attention_padded``'s signature) on a jagged batch: pads q, k, v and the
+    timestamps to the longest sequence, runs it, and returns the jagged ``[L, H, Dv]`` rows."""
     lengths = seq_offsets[1:] - seq_offsets[:-1]
     if max_len is None:
         max_len = int(lengths.max()) if lengths.numel() > 0 else 0
@@ -131,23 +99,17 @@ def naive_hstu_attention(
     if timestamps is not None:
         ts, _ = jagged_to_padded(timestamps, seq_offsets, max_len)
         qts = ts if query_timestamps is None else jagged_to_padded(query_timestamps, seq_offsets, max_len)[0]
-    out = naive_hstu_attention_padded(
-        qp, kp, vp, lengths, max_seq_len, alpha=alpha, scale=scale, timestamps=ts, query_timestamps=qts,
-        pos_weight=pos_weight, time_weight=time_weight, time_boundaries=time_boundaries,
-        num_targets=num_targets, max_attn_len=max_attn_len, activation=activation,
-    )
+    out = padded_fn(qp, kp, vp, lengths, max_seq_len, timestamps=ts, query_timestamps=qts, **kwargs)
     return out[tok]
 
 
-def naive_hstu_attention_padded(
+def hstu_scores_padded(
     q: torch.Tensor,
     k: torch.Tensor,
-    v: torch.Tensor,
     lengths: torch.Tensor,
     max_seq_len: int,
     *,
     alpha: float = 1.0,
-    scale: Optional[float] = None,
     timestamps: Optional[torch.Tensor] = None,
     query_timestamps: Optional[torch.Tensor] = None,
     pos_weight: Optional[torch.Tensor] = None,
@@ -155,15 +117,12 @@ def naive_hstu_attention_padded(
     time_boundaries: Optional[torch.Tensor] = None,
     num_targets: Optional[torch.Tensor] = None,
     max_attn_len: int = 0,
-    activation: str = "silu",
-) -> torch.Tensor:
-    """The same op on a padded batch: ``q, k [B, N, H, Dqk]``, ``v [B, N, H, Dv]``, ``lengths [B]``,
-    ``timestamps, query_timestamps [B, N]``. Tokens at ``i >= lengths[b]`` are ignored (whatever they hold)
-    and their output rows are zero. Returns ``[B, N, H, Dv]`` in q's dtype."""
-    if activation not in ("silu", "softmax"):
-        raise ValueError(f"activation must be 'silu' or 'softmax', got {activation!r}")
-    if scale is None:
-        scale = 1.0 / max_seq_len if activation == "silu" else 1.0
+):
+    """The biased scores and the mask of the op on a padded batch, before the activation.
+
+    ``q, k [B, N, H, Dqk]``, ``lengths [B]``, ``timestamps, query_timestamps [B, N]`` -> (``s [B, H, N, N]`` in
+    float32 (float64 for float64 inputs), ``valid [B, 1, N, N]`` bool; padded tokens are never valid).
+    """
     N = q.shape[1]
     compute = torch.promote_types(q.dtype, torch.float32)
     s = alpha * torch.einsum("bihd,bjhd->bhij", q.to(compute), k.to(compute))  # [B, H, N, N]
@@ -182,26 +141,41 @@ def naive_hstu_attention_padded(
     if pos_weight is not None:
         # padded tokens may sit at p == max_seq_len: clamp so their (masked) lookups stay in the table
         rel = (p_i - p_j + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2)
-        s = s + _bias(pos_weight.to(compute), rel)
+        s = s + bias_lookup(pos_weight.to(compute), rel)
     if time_weight is not None:
         qt = timestamps if query_timestamps is None else query_timestamps
         dt = (qt.to(torch.int64)[:, :, None] - timestamps.to(torch.int64)[:, None, :]).abs()
         bucket = torch.bucketize(dt, time_boundaries.to(torch.int64), right=True)
-        s = s + _bias(time_weight.to(compute), bucket)
+        s = s + bias_lookup(time_weight.to(compute), bucket)
+    return s, valid[:, None]
 
-    valid = valid[:, None]
-    zero = torch.zeros((), dtype=compute, device=q.device)
-    if activation == "silu":
-        a = torch.where(valid, F.silu(s), zero)
-    else:
-        a = torch.where(valid, s.masked_fill(~valid, torch.finfo(compute).min).softmax(dim=-1), zero)
+
+def naive_hstu_attention_padded(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths: torch.Tensor,
+    max_seq_len: int,
+    *,
+    scale: Optional[float] = None,
+    **bias_and_mask,
+) -> torch.Tensor:
+    """The same op on a padded batch: ``q, k [B, N, H, Dqk]``, ``v [B, N, H, Dv]``, ``lengths [B]``, and the
+    keywords of ``hstu_scores_padded`` (``timestamps, query_timestamps [B, N]``). Tokens at ``i >= lengths[b]``
+    are ignored (whatever they hold) and their output rows are zero. Returns ``[B, N, H, Dv]`` in q's dtype."""
+    if scale is None:
+        scale = 1.0 / max_seq_len
+    s, valid = hstu_scores_padded(q, k, lengths, max_seq_len, **bias_and_mask)
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    a = torch.where(valid, F.silu(s), zero)
+    tok = torch.arange(q.shape[1], device=q.device)[None, :] < lengths[:, None]
     # where, not a multiply by the mask: padded tokens' values (even NaN) must not leak through a zero weight
-    vp = torch.where(tok[:, :, None, None], v.to(compute), zero)
-    out = scale * _masked_product(a, valid, vp)  # [B, N, H, Dv]
+    vp = torch.where(tok[:, :, None, None], v.to(s.dtype), zero)
+    out = scale * masked_product(a, valid, vp)  # [B, N, H, Dv]
     return out.to(q.dtype)
 
 
-def _masked_product(a: torch.Tensor, valid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def masked_product(a: torch.Tensor, valid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``sum_j a[b, h, i, j] v[b, j, h, :]`` over valid pairs only: a masked pair adds nothing even where its
     value is not finite (a plain product would add ``0 * NaN = NaN``). ``a [B, H, N, N]`` (zero where invalid),
     ``valid [B, 1, N, N]``, ``v [B, N, H, D]`` -> ``[B, N, H, D]``."""

@@ -36,21 +36,12 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton_fwd
-from .triton_fwd import (
-    _boundary,
-    _history_length,
-    _pos_bias,
-    _segment,
-    _sigmoid,
-    _tile_mask,
-    _time_bias,
-    _time_gap,
-    _valid_mask,
-    kernel_flags,
-    length_bucket,
-    next_pow2,
-)
+from ..common.triton_device import boundary, history_length, segment, sigmoid, tile_mask, time_bias, time_gap
+from ..common.triton_host import launch, length_bucket, next_pow2, prune_configs
+from .triton_fwd import _pos_bias, _valid_mask, kernel_flags
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) with BLOCK_M <= BLOCK_N: tests set it to run one config
+BWD_CONFIG_OVERRIDE = None
 
 
 @triton.jit
@@ -69,8 +60,8 @@ def _bwd_tile(
     row_ok = offs_m < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q_mask = _tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
-    do_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
+    q_mask = tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
+    do_mask = tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     q = tl.load(Q_bh + offs_m[:, None] * stride_qm + offs_dqk[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO_bh + offs_m[:, None] * stride_dom + offs_dv[None, :], mask=do_mask, other=0.0)
     pq = tl.minimum(offs_m, u)
@@ -86,8 +77,8 @@ def _bwd_tile(
         sT += _pos_bias(pq[None, :], pk[:, None], PW_h, max_seq_len, validT, MASKED)
     if HAS_TIME:
         tq = tl.load(QTS + seq_start + offs_m, mask=row_ok, other=0)
-        sT += _time_bias(_time_gap(tq[None, :], tk[:, None], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
-    sig = _sigmoid(sT, FAST_SIGMOID)
+        sT += time_bias(time_gap(tq[None, :], tk[:, None], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
+    sig = sigmoid(sT, FAST_SIGMOID)
     if MASKED:
         # a zero gate zeroes both a = s sig and ds = dA sig (1 + s (1 - sig)) (s is finite): the mask dies here
         sig = tl.where(validT, sig, 0.0)
@@ -96,11 +87,11 @@ def _bwd_tile(
     if COMPUTE_DTW:
         # bucket k holds the pairs with b_k <= dt < b_(k+1): row sums of ds over dt >= b_k, differenced. The gap
         # is recomputed (keys minus queries, so it is not merged with the bias's and kept alive across the dots)
-        dt = _time_gap(tk[:, None], tq[None, :], TIME_I32)
+        dt = time_gap(tk[:, None], tq[None, :], TIME_I32)
         kcol = tl.arange(0, NBP)
         above = tl.sum(tl.sum(dsT, axis=1), axis=0)  # dt >= b_0 = -inf
         for t in tl.static_range(NUM_BOUNDARIES):
-            nxt = tl.sum(tl.sum(tl.where(dt >= _boundary(TB, t, TIME_I32), dsT, 0.0), axis=1), axis=0)
+            nxt = tl.sum(tl.sum(tl.where(dt >= boundary(TB, t, TIME_I32), dsT, 0.0), axis=1), axis=0)
             acc_tw += tl.where(kcol == t, above - nxt, 0.0)
             above = nxt
         acc_tw += tl.where(kcol == NUM_BOUNDARIES, above, 0.0)
@@ -135,7 +126,7 @@ def _bwd_tile(
 
 
 @triton.jit(do_not_specialize=["max_seq_len", "max_attn_len", "AUTOTUNE_LEN"])
-def _hstu_attn_bwd_kernel(
+def hstu_attention_bwd_kernel(
     Q, K, V, DO, DQ, DK, DV_, SeqOffsets, NumTargets, TS, QTS, PW, TW, TB, DPW, DTW,
     stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh, stride_dom, stride_doh,
     stride_dqm, stride_dqh, stride_dkm, stride_dkh, stride_dvm, stride_dvh,
@@ -152,18 +143,18 @@ def _hstu_attn_bwd_kernel(
     pid_n = tl.program_id(1)  # the first key blocks see the most queries: they start first
     b = pid_bh // H
     h = pid_bh % H
-    seq_start, n = _segment(SeqOffsets, b)
+    seq_start, n = segment(SeqOffsets, b)
     start_n = pid_n * BLOCK_N
     if start_n >= n:
         return
-    u = _history_length(NumTargets, b, n, HAS_TARGETS)
+    u = history_length(NumTargets, b, n, HAS_TARGETS)
     end_n = tl.minimum(start_n + BLOCK_N, n)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     col_ok = offs_n < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
-    v_mask = _tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
+    k_mask = tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
+    v_mask = tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
     k = tl.load(K + seq_start * stride_km + h * stride_kh + offs_n[:, None] * stride_km + offs_dqk[None, :],
                 mask=k_mask, other=0.0)
     v = tl.load(V + seq_start * stride_vm + h * stride_vh + offs_n[:, None] * stride_vm + offs_dv[None, :],
@@ -267,19 +258,19 @@ def _prune_bwd(configs, named_args, **kwargs):
             return bn == 64
         return bn >= 64
 
-    return triton_fwd.prune_configs(configs, args, wanted, lambda c: bwd_smem(c, dqk, dv, elem))
+    return prune_configs(configs, args, wanted, lambda c: bwd_smem(c, dqk, dv, elem))
 
 
-_bwd_kernel_tuned = triton.autotune(
+hstu_attention_bwd_kernel_tuned = triton.autotune(
     configs=_bwd_configs(),
     key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
          "NUM_BOUNDARIES", "COMPUTE_DPW", "COMPUTE_DTW"],
     prune_configs_by={"early_config_prune": _prune_bwd},
     reset_to_zero=["DQ", "DPW", "DTW"],
-)(_hstu_attn_bwd_kernel)
+)(hstu_attention_bwd_kernel)
 
 
-def hstu_attn_bwd(do, q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,
+def hstu_attention_bwd(do, q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,
                   query_timestamps=None, pos_weight=None, time_weight=None, time_boundaries=None,
                   num_targets=None, max_attn_len=0, need_dpw=True, need_dtw=True, fp32_precision="ieee"):
     """Launch the backward kernel; returns (dq, dk, dv, d pos_weight or None, d time_weight or None).
@@ -320,8 +311,8 @@ def hstu_attn_bwd(do, q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scal
             # the exact sigmoid: ds amplifies tanh.approx's error by up to |s| (see triton_fwd's docstring)
             INPUT_PRECISION=f["INPUT_PRECISION"], FAST_SIGMOID=False,
         )
-        triton_fwd.launch(_hstu_attn_bwd_kernel, _bwd_kernel_tuned, triton_fwd.BWD_CONFIG_OVERRIDE, "BLOCK_N",
-                          B, H, max_len, args, meta)
+        launch(hstu_attention_bwd_kernel, hstu_attention_bwd_kernel_tuned, BWD_CONFIG_OVERRIDE, "BLOCK_N", B, H,
+               max_len, args, meta)
     dq = (dq_acc * alpha).to(q.dtype) if alpha != 1.0 else dq_acc.to(q.dtype)
     dpw_out = dpw.to(pos_weight.dtype) if compute_dpw else None
     dtw_out = dtw.to(time_weight.dtype) if compute_dtw else None

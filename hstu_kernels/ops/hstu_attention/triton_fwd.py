@@ -1,4 +1,5 @@
-"""Fused Triton HSTU attention: forward kernel, the device helpers the backward shares, and the host launcher.
+"""Fused Triton HSTU attention: forward kernel, the attention-only device helpers the backward shares, configs,
+and the host launcher.
 
 The op is defined by ``naive.py``. One program computes one query block of one (sequence, head) pair::
 
@@ -26,101 +27,35 @@ product, so fp16 overflows only where ``SiLU(s) * scale`` passes 65504.
 fp32 accumulation, SiLU, ``alpha``, ``scale`` fused; the output is stored in the input dtype. The bf16 forward on a
 GPU uses ``tanh.approx.f32`` for the sigmoid (one MUFU op; error ~2.5e-4, below bf16 rounding of the output); fp32,
 fp16 and every backward use ``tl.sigmoid`` (the backward's ``ds = dA sig (1 + s (1 - sig))`` amplifies the
-approximation's error by up to |s|, past the bias-table gradients' tolerance at score spreads of ~10). Autotuning (GPU only) is keyed on the bucketed longest length, head dims, flags and dtypes, over a
-pruned set (<= 3 forward configs) that fits the device's shared memory; ``HSTU_AUTOTUNE=quick`` keeps only the
-first config of that set (no timing). Loads are software-pipelined (``cp.async``) only when Triton sees
-16-element-aligned strides: true for head dims that are multiples of 16.
+approximation's error by up to |s|, past the bias-table gradients' tolerance at score spreads of ~10).
+Autotuning (GPU only) is keyed on the bucketed longest length, head dims, flags and dtypes, over a pruned set
+(<= 3 forward configs) that fits the device's shared memory; ``HSTU_AUTOTUNE=quick`` keeps only the first config
+of that set (no timing). Loads are software-pipelined (``cp.async``) only when Triton sees 16-element-aligned
+strides: true for head dims that are multiples of 16.
 """
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ..common.triton_device import history_length, segment, sigmoid, tile_mask, time_bias, time_gap
+from ..common.triton_host import (
+    INTERPRET,
+    launch,
+    length_bucket,
+    next_pow2,
+    prepare_time_boundaries,
+    prune_configs,
+    tile_smem,
+)
 
-def _interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (decided when the kernels were decorated)."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None and hasattr(knobs, "runtime"):
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
-INTERPRET = _interpreting()
-# Under the interpreter there is no autotuning: one fixed small config per kernel. On a GPU, setting an override
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) skips autotuning too: tests use it to run every config. The backward
-# needs BLOCK_M <= BLOCK_N.
-INTERPRET_CONFIG = (16, 16, 4, 1)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): tests set it to run one config without autotuning
 FWD_CONFIG_OVERRIDE = None
-BWD_CONFIG_OVERRIDE = None
-
-
-def launch(raw_kernel, tuned_kernel, override, grid_len_key, B, H, max_len, args, meta):
-    """Run ``tuned_kernel`` (autotuned) or, under the interpreter or with an override, ``raw_kernel`` with one
-    config. ``grid_len_key`` names the block size that tiles the sequence (BLOCK_M forward, BLOCK_N backward)."""
-    config = INTERPRET_CONFIG if INTERPRET and override is None else override
-    if config is None:
-        tuned_kernel[lambda META: (B * H, triton.cdiv(max_len, META[grid_len_key]))](*args, **meta)
-        return
-    bm, bn, warps, stages = config
-    blocks = {"BLOCK_M": bm, "BLOCK_N": bn}
-    grid = (B * H, triton.cdiv(max_len, blocks[grid_len_key]))
-    if INTERPRET:
-        raw_kernel[grid](*args, **meta, **blocks)
-    else:
-        raw_kernel[grid](*args, **meta, **blocks, num_warps=warps, num_stages=stages)
-
-
-def next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def length_bucket(max_len: int) -> int:
-    """Autotune key for the batch's longest sequence: the next power of two (at least 16)."""
-    return max(16, next_pow2(max_len))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# device helpers (shared with triton_bwd)
+# attention-only device helpers (shared with triton_bwd)
 # ---------------------------------------------------------------------------------------------------------------
-@triton.jit
-def _sigmoid(x, FAST: tl.constexpr):
-    if FAST:
-        # 1 MUFU op instead of exp + reciprocal; |rel err| ~ 2^-11, used for bf16 inputs on GPU only
-        t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5], dtype=tl.float32, is_pure=True, pack=1
-        )
-        return 0.5 * t + 0.5
-    else:
-        return tl.sigmoid(x)
-
-
-@triton.jit
-def _segment(Offsets, b):
-    """(first row as int64, length as int32) of segment ``b`` of a jagged layout with ``Offsets [B+1]``."""
-    start = tl.load(Offsets + b).to(tl.int64)
-    return start, (tl.load(Offsets + b + 1).to(tl.int64) - start).to(tl.int32)
-
-
-@triton.jit
-def _history_length(NumTargets, b, n, HAS_TARGETS: tl.constexpr):
-    """u = n - num_targets[b]: the position every target of sequence ``b`` sits at."""
-    if HAS_TARGETS:
-        return n - tl.load(NumTargets + b).to(tl.int32)
-    else:
-        return n
-
-
-@triton.jit
-def _tile_mask(ok, offs_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``[rows, BLOCK_D]`` load/store mask: the rows in ``ok`` and, when D is padded to BLOCK_D, the real columns."""
-    if BLOCK_D != D:
-        return ok[:, None] & (offs_d[None, :] < D)
-    else:
-        return ok[:, None]
-
-
 @triton.jit
 def _valid_mask(pq2, pk2, iq2, ik2, max_attn_len, HAS_WINDOW: tl.constexpr):
     """valid(i, j) = (p(j) < p(i) [and p(i) - p(j) <= max_attn_len]) or i == j; 2-D broadcastable inputs.
@@ -141,32 +76,6 @@ def _pos_bias(pq2, pk2, PW_h, max_seq_len, valid, MASKED: tl.constexpr):
         return tl.load(PW_h + rel).to(tl.float32)
 
 
-@triton.jit
-def _time_gap(tq2, tk2, TIME_I32: tl.constexpr):
-    """|query_ts - key_ts|: uint32 on the 32-bit path (exact for timestamps in [0, 2^31)), else int64."""
-    if TIME_I32:
-        return tl.abs(tq2 - tk2).to(tl.uint32)
-    else:
-        return tl.abs(tq2.to(tl.int64) - tk2.to(tl.int64))
-
-
-@triton.jit
-def _boundary(TB, t, TIME_I32: tl.constexpr):
-    b = tl.load(TB + t)
-    if TIME_I32:
-        b = b.to(tl.uint32)  # the host clamped the boundaries to [0, 2^32 - 1]
-    return b
-
-
-@triton.jit
-def _time_bias(dt, TW_h, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr):
-    """time_weight[h', bucket(dt)] with bucket = number of boundaries <= dt, as a chain of selects."""
-    tb = tl.zeros(dt.shape, dtype=tl.float32) + tl.load(TW_h).to(tl.float32)
-    for t in tl.static_range(NUM_BOUNDARIES):
-        tb = tl.where(dt >= _boundary(TB, t, TIME_I32), tl.load(TW_h + t + 1).to(tl.float32), tb)
-    return tb
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,11 +93,11 @@ def _fwd_tile(
     col_ok = offs_n < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
+    k_mask = tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
     # keys whose value row holds a NaN or Inf load as zeros (a masked pair's 0 * NaN would poison its row); the
     # epilogue sets the rows that see one to NaN
     key_bad = tl.load(VB_bh + offs_n, mask=col_ok, other=0)
-    v_mask = _tile_mask(col_ok & (key_bad == 0), offs_dv, DV, BLOCK_DV)
+    v_mask = tile_mask(col_ok & (key_bad == 0), offs_dv, DV, BLOCK_DV)
     k = tl.load(K_bh + offs_n[:, None] * stride_km + offs_dqk[None, :], mask=k_mask, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
     pk = tl.minimum(offs_n, u)
@@ -200,8 +109,8 @@ def _fwd_tile(
         s += _pos_bias(pq[:, None], pk[None, :], PW_h, max_seq_len, valid, MASKED)
     if HAS_TIME:
         tk = tl.load(TS_b + offs_n, mask=col_ok, other=0)
-        s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
-    a = s * _sigmoid(s, FAST_SIGMOID)
+        s += time_bias(time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
+    a = s * sigmoid(s, FAST_SIGMOID)
     if MASKED:
         # a masked pair adds nothing, whatever its values: where on the product, not a zero gate (s may be +-Inf
         # from a masked key or bias entry, and 0 * Inf = NaN)
@@ -213,7 +122,7 @@ def _fwd_tile(
 
 
 @triton.jit(do_not_specialize=["max_seq_len", "max_attn_len", "AUTOTUNE_LEN"])
-def _hstu_attn_fwd_kernel(
+def hstu_attention_fwd_kernel(
     Q, K, V, VBad, VBadCum, Out, SeqOffsets, NumTargets, TS, QTS, PW, TW, TB,
     stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh, stride_om, stride_oh,
     stride_pwh, stride_twh, stride_vbh, stride_vch,
@@ -227,17 +136,17 @@ def _hstu_attn_fwd_kernel(
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (most expensive) query blocks first
     b = pid_bh // H
     h = pid_bh % H
-    seq_start, n = _segment(SeqOffsets, b)
+    seq_start, n = segment(SeqOffsets, b)
     start_m = pid_m * BLOCK_M
     if start_m >= n:
         return
-    u = _history_length(NumTargets, b, n, HAS_TARGETS)
+    u = history_length(NumTargets, b, n, HAS_TARGETS)
     end_m = tl.minimum(start_m + BLOCK_M, n)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < n
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q_mask = _tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
+    q_mask = tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
     Q_bh = Q + seq_start * stride_qm + h * stride_qh
     q = tl.load(Q_bh + offs_m[:, None] * stride_qm + offs_dqk[None, :], mask=q_mask, other=0.0)
     pq = tl.minimum(offs_m, u)
@@ -297,7 +206,7 @@ def _hstu_attn_fwd_kernel(
             NUM_BOUNDARIES, TIME_I32, INPUT_PRECISION, FAST_SIGMOID, False, BLOCK_N,
         )
 
-    o_mask = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
+    o_mask = tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     O_bh = Out + seq_start * stride_om + h * stride_oh
     # a row that sees a key with a non-finite value: its history keys [lo_i, p(i)) (prefix counts of such keys)
     # and its own key; the tiles loaded those values as zeros, so the NaN is set here
@@ -323,44 +232,6 @@ def _fwd_configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in table]
 
 
-SMEM_LIMIT = 232448  # bytes of shared memory a block may use on H100/H200 (227 KiB)
-
-
-def smem_limit(tensor) -> int:
-    try:
-        return int(torch.cuda.get_device_properties(tensor.device).shared_memory_per_block_optin)
-    except Exception:  # noqa: BLE001 - CPU tensors, older torch
-        return SMEM_LIMIT
-
-
-def fwd_smem(c, dqk, dv, elem):
-    """Shared memory of a forward config (matches ptxas for bf16, D = 128 on sm_90; over-estimates D = 256)."""
-    bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-    return elem * (bm * (2 * dqk + dv) + c.num_stages * bn * (dqk + dv)) + 1024
-
-
-AUTOTUNE_MODES = ("full", "quick")
-
-
-def autotune_mode() -> str:
-    """``HSTU_AUTOTUNE``: "full" (the default) tunes over every kept config; "quick" takes the first kept config
-    of each key without timing any, so a first run on a fresh machine compiles one config per kernel and shape
-    class (a first-contact GPU session has minutes, and each compile takes seconds)."""
-    mode = os.environ.get("HSTU_AUTOTUNE", "full").strip().lower() or "full"
-    if mode not in AUTOTUNE_MODES:
-        raise ValueError(f"HSTU_AUTOTUNE must be one of {', '.join(AUTOTUNE_MODES)}; got {mode!r}")
-    return mode
-
-
-def prune_configs(configs, args, wanted, smem):
-    """The configs ``wanted`` keeps that fit in shared memory (only the first in quick mode); else the one needing
-    the least."""
-    limit = smem_limit(args["Q"])
-    fits = [c for c in configs if smem(c) <= limit]
-    out = [c for c in fits if wanted(c)] or [min(configs, key=smem)]
-    return out[:1] if autotune_mode() == "quick" else out
-
-
 def _prune_fwd(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}  # positional arguments, then the constexprs passed by keyword
     longest = args["AUTOTUNE_LEN"]
@@ -382,28 +253,20 @@ def _prune_fwd(configs, named_args, **kwargs):
             return bm == 64 and stages == 3
         return (bm, bn) in ((128, 64), (128, 128), (64, 64)) and stages >= 2 and not (bm == 64 and stages == 2)
 
-    return prune_configs(configs, args, wanted, lambda c: fwd_smem(c, dqk, dv, elem))
+    return prune_configs(configs, args, wanted, lambda c: tile_smem(c, dqk, dv, elem))
 
 
-_fwd_kernel_tuned = triton.autotune(
+hstu_attention_fwd_kernel_tuned = triton.autotune(
     configs=_fwd_configs(),
     key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
          "NUM_BOUNDARIES"],
     prune_configs_by={"early_config_prune": _prune_fwd},
-)(_hstu_attn_fwd_kernel)
+)(hstu_attention_fwd_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------------------------------------
-def prepare_time_boundaries(time_boundaries, time_i32: bool) -> torch.Tensor:
-    """int64 boundaries; on the 32-bit path clamped to [0, 2^32 - 1] so uint32 compares stay exact."""
-    tb = time_boundaries.to(torch.int64)
-    if time_i32:
-        tb = tb.clamp(0, 2**32 - 1)
-    return tb.contiguous()
-
-
 def kernel_flags(q, timestamps, query_timestamps, pos_weight, time_weight, time_boundaries, num_targets,
                  max_attn_len, fp32_precision):
     """The constexpr flags and the auxiliary pointers both kernels take."""
@@ -450,7 +313,7 @@ def nonfinite_rows(v: torch.Tensor):
     return bad.to(torch.int8), counts
 
 
-def hstu_attn_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,
+def hstu_attention_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,
                   query_timestamps=None, pos_weight=None, time_weight=None, time_boundaries=None,
                   num_targets=None, max_attn_len=0, fp32_precision="ieee"):
     """Launch the forward kernel. q, k [L, H, Dqk], v [L, H, Dv] contiguous; returns [L, H, Dv] in q's dtype."""
@@ -475,5 +338,6 @@ def hstu_attn_fwd(q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, t
         NUM_BOUNDARIES=f["NUM_BOUNDARIES"], TIME_I32=f["TIME_I32"], INPUT_PRECISION=f["INPUT_PRECISION"],
         FAST_SIGMOID=f["FAST_SIGMOID"],
     )
-    launch(_hstu_attn_fwd_kernel, _fwd_kernel_tuned, FWD_CONFIG_OVERRIDE, "BLOCK_M", B, H, max_len, args, meta)
+    launch(hstu_attention_fwd_kernel, hstu_attention_fwd_kernel_tuned, FWD_CONFIG_OVERRIDE, "BLOCK_M", B, H, max_len,
+           args, meta)
     return out

@@ -14,67 +14,18 @@ copied. Head dims 1..256 work (non-powers of two are padded to the next power of
 masked; the fast paths are 16, 32, 64, 128, 256); Dqk and Dv may differ. Up to 16 time boundaries.
 """
 
-import importlib.util
-import os
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
+from ..common.jagged import longest_segment
+from ..common.triton_support import get_fp32_precision, last_dim_unit, set_fp32_precision, triton_reasons
+
 Tensor = torch.Tensor
-
-MAX_BOUNDARIES = 16
-MAX_HEAD_DIM = 256
-_TRITON_MISSING = importlib.util.find_spec("triton") is None
-# Triton decides interpretation when a kernel is decorated: read the variable as the kernels' module will
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-_FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
-_fp32_precision = "ieee"
-
-
-def set_fp32_precision(precision: str) -> None:
-    """How fp32 q/k/v products run: "ieee" (exact, the default), "tf32" or "tf32x3" (faster, on GPUs)."""
-    global _fp32_precision
-    if precision not in _FP32_PRECISIONS:
-        raise ValueError(f"fp32 precision must be one of {', '.join(_FP32_PRECISIONS)}; got {precision!r}")
-    _fp32_precision = precision
-
-
-def get_fp32_precision() -> str:
-    return _fp32_precision
-
-
-def unsupported_reasons(q, k, v, pos_weight=None, time_weight=None, time_boundaries=None) -> List[str]:
-    """The reasons the Triton backend cannot take these inputs (empty: it can)."""
-    reasons = []
-    if _TRITON_MISSING:
-        reasons.append("triton is not installed")
-    if q.device.type == "cpu":
-        if not _INTERPRET:
-            reasons.append("needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    elif q.device.type != "cuda":
-        reasons.append(f"needs CUDA tensors, got {q.device.type} tensors")
-    tables = [t for t in (pos_weight, time_weight) if t is not None]
-    if q.dtype == torch.float64 or any(t.dtype == torch.float64 for t in tables):
-        reasons.append("float64 not supported")
-    if _INTERPRET and q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        reasons.append("bfloat16 not supported under the Triton interpreter (its bf16 dot is wrong)")
-    dqk, dv = q.shape[-1], v.shape[-1]
-    if not (1 <= dqk <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
-        reasons.append(f"head dim D not supported (Dqk = {dqk}, Dv = {dv}; 1..{MAX_HEAD_DIM} work)")
-    if time_boundaries is not None and time_boundaries.shape[0] > MAX_BOUNDARIES:
-        reasons.append(f"more than {MAX_BOUNDARIES} time boundaries ({time_boundaries.shape[0]})")
-    return reasons
-
-
-def _longest(seq_offsets: Tensor) -> int:
-    if seq_offsets.shape[0] <= 1:
-        return 0
-    return int((seq_offsets[1:] - seq_offsets[:-1]).max())
-
-
-def _last_dim_unit(x: Optional[Tensor]) -> Optional[Tensor]:
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+# the backend's reasons are the shared Triton ones; set_fp32_precision / get_fp32_precision are re-exported here
+unsupported_reasons = triton_reasons
+__all__ = ["hstu_attention_triton", "unsupported_reasons", "set_fp32_precision", "get_fp32_precision",
+           "HSTUAttentionTritonFunction"]
 
 
 def _table_grad_shape(table: Optional[Tensor], need: bool):
@@ -95,12 +46,12 @@ def triton_hstu_attention_fwd(
 
     ``max_len < 0``: the longest sequence is read from ``seq_offsets`` (one host synchronisation); returning it
     lets the backward reuse it instead of synchronising again."""
-    from .triton_fwd import hstu_attn_fwd
+    from .triton_fwd import hstu_attention_fwd
 
-    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    q, k, v = last_dim_unit(q), last_dim_unit(k), last_dim_unit(v)
     if max_len < 0:
-        max_len = _longest(seq_offsets)
-    out = hstu_attn_fwd(
+        max_len = longest_segment(seq_offsets)
+    out = hstu_attention_fwd(
         q, k, v, seq_offsets.contiguous(), max_seq_len, max_len, alpha=alpha, scale=scale, timestamps=timestamps,
         query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
         time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len,
@@ -125,10 +76,10 @@ def triton_hstu_attention_bwd(
     """Gradients (dq, dk, dv, d pos_weight, d time_weight); an absent table gradient is an empty tensor.
 
     ``max_len``: the CPU scalar the forward returned (reading it needs no device synchronisation)."""
-    from .triton_bwd import hstu_attn_bwd
+    from .triton_bwd import hstu_attention_bwd
 
-    q, k, v, grad_out = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(grad_out)
-    dq, dk, dv, dpw, dtw = hstu_attn_bwd(
+    q, k, v, grad_out = last_dim_unit(q), last_dim_unit(k), last_dim_unit(v), last_dim_unit(grad_out)
+    dq, dk, dv, dpw, dtw = hstu_attention_bwd(
         grad_out, q, k, v, seq_offsets.contiguous(), max_seq_len, int(max_len), alpha=alpha, scale=scale,
         timestamps=timestamps, query_timestamps=query_timestamps, pos_weight=pos_weight, time_weight=time_weight,
         time_boundaries=time_boundaries, num_targets=num_targets, max_attn_len=max_attn_len,
@@ -236,7 +187,7 @@ def hstu_attention_triton(
     if scale is None:
         scale = 1.0 / max_seq_len
     return HSTUAttentionTritonFunction.apply(
-        _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), seq_offsets, int(max_seq_len),
+        last_dim_unit(q), last_dim_unit(k), last_dim_unit(v), seq_offsets, int(max_seq_len),
         -1 if max_len is None else int(max_len), float(alpha), float(scale), timestamps, query_timestamps,
-        pos_weight, time_weight, time_boundaries, num_targets, int(max_attn_len), _fp32_precision,
+        pos_weight, time_weight, time_boundaries, num_targets, int(max_attn_len), get_fp32_precision(),
     )[0]

@@ -1,33 +1,33 @@
-"""The public ``hstu_cached_attention``: checks arguments, then dispatches to a backend.
+"""The public ``hstu_cached_attention``: checks arguments, then dispatches to a backend through the op's registry.
 
 Backends: ``"torch"`` (the naive op, CPU and GPU, differentiable) and ``"triton"`` (the fused kernel, forward
-only). ``"auto"`` takes Triton for CUDA tensors it can serve (and no gradient is being recorded), the naive op
-otherwise; ``"fast"`` (used by fused blocks) takes Triton or raises. An explicit backend that cannot take the
-inputs raises a ``ValueError`` with every backend's reasons.
+only); ``"cuda"`` says it is not built. ``"auto"`` takes Triton for CUDA tensors it can serve (and no gradient is
+being recorded), the naive op otherwise. An explicit backend that cannot take the inputs raises a ``ValueError``
+with every backend's reasons (``common/registry.py``).
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
-from ..hstu_attention.checks import FLOAT_DTYPES, INT_DTYPES, _tensor, check_bias_tables, check_scalars
-from ..hstu_attention.interface import _format
+from ..common.registry import Backend, BackendRegistry, unavailable
 from . import triton_impl
+from .checks import check_hstu_cached_attention_args
 from .naive import naive_hstu_cached_attention
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
-
-_IMPLS = {"torch": naive_hstu_cached_attention, "triton": triton_impl.hstu_cached_attention_triton}
+# reasons(q, k, v, pos_weight, time_weight, time_boundaries, needs_grad); fastest first, the reference last
+REGISTRY = BackendRegistry("hstu_cached_attention", [
+    Backend("cuda", unavailable("the CUDA extension is not built (hstu_kernels._C is missing)"), None),
+    Backend("triton", triton_impl.unsupported_reasons, triton_impl.hstu_cached_attention_triton),
+    Backend("torch", lambda *a, **kw: [], naive_hstu_cached_attention, fast=False),
+])
+BACKENDS = REGISTRY.names
 
 
 def backend_reasons(q, k, v, pos_weight=None, time_weight=None, time_boundaries=None,
                     needs_grad: bool = False) -> Dict[str, List[str]]:
     """For each backend, the reasons it cannot take these inputs (empty: it can)."""
-    return {
-        "torch": [],
-        "triton": triton_impl.unsupported_reasons(q, k, v, pos_weight, time_weight, time_boundaries, needs_grad),
-        "cuda": ["no CUDA cached-attention kernel exists yet"],
-    }
+    return REGISTRY.reasons(q, k, v, pos_weight, time_weight, time_boundaries, needs_grad)
 
 
 def _needs_grad(*tensors) -> bool:
@@ -36,135 +36,16 @@ def _needs_grad(*tensors) -> bool:
 
 def choose_backend(backend: str, q, k, v, k_cache, v_cache, pos_weight=None, time_weight=None,
                    time_boundaries=None) -> str:
-    """Resolve ``backend`` ("auto", "fast", or a name) to one that can take the inputs, or raise a ValueError."""
-    if backend not in BACKENDS and backend != "fast":
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    """Resolve ``backend`` ("auto" or a name) to one that can take the inputs, or raise a ``ValueError``."""
     grad = _needs_grad(q, k, v, k_cache, v_cache, pos_weight, time_weight)
-    reasons = backend_reasons(q, k, v, pos_weight, time_weight, time_boundaries, grad)
-    if backend in ("auto", "fast"):
-        if (backend == "fast" or q.is_cuda) and not reasons["triton"]:
-            return "triton"
-        if backend == "fast":
-            raise ValueError(f"hstu_cached_attention: no fused backend can take these inputs: {_format(reasons)}")
-        return "torch"
-    if reasons[backend]:
-        ok = [name for name, r in reasons.items() if not r]
-        raise ValueError(
-            f"hstu_cached_attention: backend {backend!r} cannot take these inputs ({', '.join(reasons[backend])}); "
-            f"available: {', '.join(ok)}. All backends: {_format(reasons)}"
-        )
-    return backend
+    return REGISTRY.choose(backend, q, k, v, pos_weight, time_weight, time_boundaries, grad)
 
 
-def check_hstu_cached_attention_args(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cand_offsets: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cache_offsets: torch.Tensor,
-    max_seq_len: int,
-    *,
-    alpha: float = 1.0,
-    scale: Optional[float] = None,
-    timestamps: Optional[torch.Tensor] = None,
-    query_timestamps: Optional[torch.Tensor] = None,
-    cache_timestamps: Optional[torch.Tensor] = None,
-    pos_weight: Optional[torch.Tensor] = None,
-    time_weight: Optional[torch.Tensor] = None,
-    time_boundaries: Optional[torch.Tensor] = None,
-    max_attn_len: int = 0,
-    check_values: bool = True,
-) -> Optional[Tuple[int, int]]:
-    """Validate every argument of ``hstu_cached_attention``; return (most candidates, longest history) of any
-    user, or None when the value checks are skipped."""
-    _tensor("q", q, dims=3, dtypes=FLOAT_DTYPES, device=None, kind="a floating tensor")
-    dev = q.device
-    for name, x in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-        _tensor(name, x, dims=3, dtypes=FLOAT_DTYPES, device=dev, kind="a floating tensor")
-    if any(x.dtype != q.dtype for x in (k, v, k_cache, v_cache)):
-        raise TypeError(
-            f"q, k, v, k_cache, v_cache must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}, "
-            f"{k_cache.dtype}, {v_cache.dtype}"
-        )
-    if k.shape != q.shape:
-        raise ValueError(f"k must have q's shape [C, H, Dqk] = {tuple(q.shape)}, got {tuple(k.shape)}")
-    if v.shape[:2] != q.shape[:2]:
-        raise ValueError(f"v must have shape [C, H, Dv] with q's C, H = {tuple(q.shape[:2])}, got {tuple(v.shape)}")
-    C, H, Dqk, Dv = q.shape[0], q.shape[1], q.shape[2], v.shape[2]
-    if k_cache.shape[1:] != (H, Dqk):
-        raise ValueError(f"k_cache must have shape [Lh, H, Dqk] = [Lh, {H}, {Dqk}], got {tuple(k_cache.shape)}")
-    if v_cache.shape != (k_cache.shape[0], H, Dv):
-        raise ValueError(
-            f"v_cache must have shape [Lh, H, Dv] = [{k_cache.shape[0]}, {H}, {Dv}], got {tuple(v_cache.shape)}"
-        )
-    Lh = k_cache.shape[0]
-    for name, x in (("cand_offsets", cand_offsets), ("cache_offsets", cache_offsets)):
-        _tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor")
-        if x.shape[0] < 1:
-            raise ValueError(f"{name} must have B+1 >= 1 entries, got an empty tensor")
-    if cache_offsets.shape != cand_offsets.shape:
-        raise ValueError(
-            f"cache_offsets and cand_offsets must both have B+1 entries, got {cache_offsets.shape[0]} and "
-            f"{cand_offsets.shape[0]}"
-        )
-    B = cand_offsets.shape[0] - 1
-    check_scalars(max_seq_len, max_attn_len, alpha, scale)
-
-    for name, x, n in (
-        ("timestamps", timestamps, C), ("query_timestamps", query_timestamps, C), ("cache_timestamps", cache_timestamps, Lh)
-    ):
-        if x is not None:
-            _tensor(name, x, dims=1, dtypes=INT_DTYPES, device=dev, kind="an integer tensor of seconds")
-            if x.shape[0] != n:
-                dim = "Lh" if name == "cache_timestamps" else "C"
-                raise ValueError(f"{name} must have shape [{dim}] = [{n}], got {tuple(x.shape)}")
-    if query_timestamps is not None and timestamps is None:
-        raise ValueError("query_timestamps needs timestamps (the candidates' own times) too")
-    if (timestamps is None) != (cache_timestamps is None):
-        raise ValueError("timestamps and cache_timestamps must be given together (the candidates' and the history's times)")
-    check_bias_tables(
-        H, max_seq_len, pos_weight, time_weight, time_boundaries, timestamps is not None, dev,
-        timestamp_names="timestamps, cache_timestamps",
-    )
-    if not check_values:
-        return None
-
-    # every value check below is a device tensor; one .tolist() reads them all back
-    zero = torch.zeros((), dtype=torch.bool, device=dev)
-    flags, lens = {}, {}
-    for name, offsets, total in (("cand_offsets", cand_offsets, C), ("cache_offsets", cache_offsets, Lh)):
-        o = offsets.to(torch.int64)
-        lens[name] = o[1:] - o[:-1]
-        flags[f"{name}[0] != 0"] = o[0] != 0
-        flags[f"{name}[-1] != {'C' if name == 'cand_offsets' else 'Lh'} = {total}"] = o[-1] != total
-        flags[f"{name} decreases somewhere"] = (lens[name] < 0).any() if B > 0 else zero
-    m = lens["cache_offsets"]
-    if B > 0:
-        flags[f"a history is longer than max_seq_len - 1 = {max_seq_len - 1} (candidates sit at position m)"] = (
-            m >= max_seq_len
-        ).any()
-    for name, x in (("timestamps", timestamps), ("query_timestamps", query_timestamps), ("cache_timestamps", cache_timestamps)):
-        if x is not None and x.shape[0] > 0:
-            flags[f"{name} has a negative value"] = (x < 0).any()
-    if time_boundaries is not None and time_boundaries.shape[0] > 1:
-        flags["time_boundaries is not sorted"] = (time_boundaries[1:] < time_boundaries[:-1]).any()
-    none = torch.zeros((), dtype=torch.int64, device=dev)
-    most = [lens["cand_offsets"].max() if B > 0 else none, m.max() if B > 0 else none]
-    values = torch.stack([f.to(torch.int64) for f in flags.values()] + most).tolist()
-    bad = [msg for msg, hit in zip(flags, values[:-2]) if hit]
-    if bad:
-        detail = ""
-        if bad[0].startswith("a history"):
-            b = int(torch.nonzero(m >= max_seq_len)[0])
-            detail = f" (user {b}: history length {int(m[b])})"
-        elif "decreases" in bad[0]:
-            name = bad[0].split()[0]
-            b = int(torch.nonzero(lens[name] < 0)[0])
-            detail = f" (at user {b})"
-        raise ValueError(f"hstu_cached_attention: {bad[0]}{detail}")
-    return int(values[-2]), int(values[-1])
+def fused_backend(q, k, v, k_cache, v_cache, pos_weight=None, time_weight=None, time_boundaries=None) -> str:
+    """The fastest fused backend that can take these inputs (what ``HSTUBlock(fused=True).forward_cached``
+    runs), or a ``ValueError`` listing every backend's reasons."""
+    grad = _needs_grad(q, k, v, k_cache, v_cache, pos_weight, time_weight)
+    return REGISTRY.fastest(q, k, v, pos_weight, time_weight, time_boundaries, grad)
 
 
 def hstu_cached_attention(
@@ -206,14 +87,13 @@ def hstu_cached_attention(
         timestamps: ``[C]`` the candidates' own times (the key side of their self term).
         query_timestamps: ``[C]`` the query side of the time bias (default ``timestamps``; e.g. the request time).
         cache_timestamps: ``[Lh]`` the history's times; given together with ``timestamps``.
-        backend: "auto", "torch" (the naive op) or "triton" (forward only); "cuda" does not exist yet.
+        backend: "auto", "torch" (the naive op), "triton" (forward only) or "cuda".
         check: False skips the value checks (their host synchronisation) in hot loops.
 
     Returns:
         ``[C, H, Dv]`` in q's dtype.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    REGISTRY.check_name(backend)
     most = check_hstu_cached_attention_args(
         q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, alpha=alpha, scale=scale,
         timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
@@ -222,7 +102,7 @@ def hstu_cached_attention(
     )
     max_cands, max_hist = most if most is not None else (None, None)
     name = choose_backend(backend, q, k, v, k_cache, v_cache, pos_weight, time_weight, time_boundaries)
-    return _IMPLS[name](
+    return REGISTRY.impl(name)(
         q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, alpha=alpha, scale=scale,
         timestamps=timestamps, query_timestamps=query_timestamps, cache_timestamps=cache_timestamps,
         pos_weight=pos_weight, time_weight=time_weight, time_boundaries=time_boundaries, max_attn_len=max_attn_len,

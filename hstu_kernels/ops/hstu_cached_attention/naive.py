@@ -33,7 +33,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..hstu_attention.naive import _bias, jagged_to_padded
+from ..common.bias import bias_lookup
+from ..common.jagged import jagged_to_padded
 
 
 def naive_hstu_cached_attention(
@@ -102,7 +103,7 @@ def naive_hstu_cached_attention(
         s_self = s_self + pos_weight.to(compute)[:, max_seq_len - 1]  # [Hb] broadcasts over H
     if time_weight is not None:
         bucket = torch.bucketize((qts - ts_c).abs(), tb, right=True)  # [B, Cm]
-        s_self = s_self + _bias(time_weight.to(compute), bucket).permute(0, 2, 1)  # [B, Cm, Hb]
+        s_self = s_self + bias_lookup(time_weight.to(compute), bucket).permute(0, 2, 1)  # [B, Cm, Hb]
     out = F.silu(s_self)[..., None] * vp  # [B, Cm, H, Dv]
 
     if max_hist > 0:
@@ -117,11 +118,11 @@ def naive_hstu_cached_attention(
         if pos_weight is not None:
             # padded keys have dist <= 0: clamp so their (masked) lookups stay in the table
             rel = (dist + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2)
-            s = s + _bias(pos_weight.to(compute), rel[:, None, :])  # [B, Hb, 1, Mh]
+            s = s + bias_lookup(pos_weight.to(compute), rel[:, None, :])  # [B, Hb, 1, Mh]
         if time_weight is not None:
             cts, _ = jagged_to_padded(cache_timestamps, cache_offsets, max_hist)
             dt = (qts[:, :, None] - cts.to(torch.int64)[:, None, :]).abs()  # [B, Cm, Mh]
-            s = s + _bias(time_weight.to(compute), torch.bucketize(dt, tb, right=True))
+            s = s + bias_lookup(time_weight.to(compute), torch.bucketize(dt, tb, right=True))
         a = torch.where(valid[:, None, None, :], F.silu(s), zero)
         # where, not a multiply by the mask: masked (padded or out-of-window) history values, even NaN, must not
         # leak through a zero weight; validity is the same for every candidate of a user

@@ -18,27 +18,23 @@ import torch
 import triton
 import triton.language as tl
 
-from ..hstu_attention.triton_fwd import (
+from ..common.triton_device import segment, sigmoid, tile_mask, time_bias, time_gap
+from ..common.triton_host import (
     INTERPRET,
-    _segment,
-    _sigmoid,
-    _tile_mask,
-    _time_bias,
-    _time_gap,
-    fwd_smem,
+    launch,
     length_bucket,
     next_pow2,
     prepare_time_boundaries,
     prune_configs,
+    tile_smem,
 )
 
-# Under the interpreter (and with an override, for tests on a GPU) one fixed config: (BLOCK_M, BLOCK_N, warps, stages)
-INTERPRET_CONFIG = (16, 16, 4, 1)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): tests set it to run one config without autotuning
 CONFIG_OVERRIDE = None
 
 
 @triton.jit(do_not_specialize=["max_seq_len", "max_attn_len", "AUTOTUNE_HIST", "AUTOTUNE_CANDS"])
-def _hstu_cached_attn_kernel(
+def hstu_cached_attention_fwd_kernel(
     Q, K, V, KC, VC, Out, CandOffsets, CacheOffsets, TS, QTS, CTS, PW, TW, TB,
     stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh,
     stride_kcm, stride_kch, stride_vcm, stride_vch, stride_om, stride_oh, stride_pwh, stride_twh,
@@ -51,18 +47,18 @@ def _hstu_cached_attn_kernel(
     pid_bh = tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
-    c0, nc = _segment(CandOffsets, b)
+    c0, nc = segment(CandOffsets, b)
     start_m = tl.program_id(1) * BLOCK_M
     if start_m >= nc:
         return
-    h0, m = _segment(CacheOffsets, b)
+    h0, m = segment(CacheOffsets, b)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < nc
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    qk_mask = _tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
-    v_rows = _tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
+    qk_mask = tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
+    v_rows = tile_mask(row_ok, offs_dv, DV, BLOCK_DV)
     q = tl.load(Q + (c0 + offs_m[:, None]) * stride_qm + h * stride_qh + offs_dqk[None, :], mask=qk_mask, other=0.0)
     PW_h = PW + h * stride_pwh
     TW_h = TW + h * stride_twh
@@ -84,7 +80,7 @@ def _hstu_cached_attn_kernel(
         col_ok = in_hist & (offs_n >= lo)
         # out-of-window keys are masked for every candidate alike: loaded as 0, they add nothing even where the
         # cache holds NaN or Inf
-        k_mask = _tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
+        k_mask = tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
         kc = tl.load(KC_bh + offs_n[:, None] * stride_kcm + offs_dqk[None, :], mask=k_mask, other=0.0)
         s = tl.dot(q, tl.trans(kc), input_precision=INPUT_PRECISION) * alpha
         if HAS_POS:
@@ -93,10 +89,10 @@ def _hstu_cached_attn_kernel(
             s += tl.load(PW_h + rel, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_TIME:
             tk = tl.load(CTS + h0 + offs_n, mask=in_hist, other=0)
-            s += _time_bias(_time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
+            s += time_bias(time_gap(tq[:, None], tk[None, :], TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
         # where on the product, not a zero gate: a masked pair's time bias may be +-Inf (0 * Inf = NaN)
-        a = tl.where(col_ok[None, :], s * _sigmoid(s, FAST_SIGMOID), 0.0)
-        v_mask = _tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
+        a = tl.where(col_ok[None, :], s * sigmoid(s, FAST_SIGMOID), 0.0)
+        v_mask = tile_mask(col_ok, offs_dv, DV, BLOCK_DV)
         vc = tl.load(VC_bh + offs_n[:, None] * stride_vcm + offs_dv[None, :], mask=v_mask, other=0.0)
         # scaled before the cast: fp16 keeps SiLU(s) * scale, not SiLU(s), below its 65504 limit
         acc += tl.dot((a * scale).to(vc.dtype), vc, input_precision=INPUT_PRECISION)
@@ -108,8 +104,8 @@ def _hstu_cached_attn_kernel(
         s_self += tl.load(PW_h + max_seq_len - 1).to(tl.float32)
     if HAS_TIME:
         tc = tl.load(TS + c0 + offs_m, mask=row_ok, other=0)
-        s_self += _time_bias(_time_gap(tq, tc, TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
-    a_self = s_self * _sigmoid(s_self, FAST_SIGMOID)
+        s_self += time_bias(time_gap(tq, tc, TIME_I32), TW_h, TB, NUM_BOUNDARIES, TIME_I32)
+    a_self = s_self * sigmoid(s_self, FAST_SIGMOID)
     v = tl.load(V + (c0 + offs_m[:, None]) * stride_vm + h * stride_vh + offs_dv[None, :], mask=v_rows, other=0.0)
     acc += (a_self * scale)[:, None] * v.to(tl.float32)
 
@@ -145,18 +141,18 @@ def _prune(configs, named_args, **kwargs):
             return bm == 128 or (bm == 64 and warps == 8)
         return bm in (64, 128) and (bn == 64 or bm == 128)
 
-    return prune_configs(configs, args, wanted, lambda c: fwd_smem(c, dqk, dv, elem))
+    return prune_configs(configs, args, wanted, lambda c: tile_smem(c, dqk, dv, elem))
 
 
-_kernel_tuned = triton.autotune(
+hstu_cached_attention_fwd_kernel_tuned = triton.autotune(
     configs=_configs(),
     key=["AUTOTUNE_HIST", "AUTOTUNE_CANDS", "BLOCK_DQK", "BLOCK_DV", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
          "NUM_BOUNDARIES"],
     prune_configs_by={"early_config_prune": _prune},
-)(_hstu_cached_attn_kernel)
+)(hstu_cached_attention_fwd_kernel)
 
 
-def hstu_cached_attn_fwd(q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, max_cands, max_hist,
+def hstu_cached_attention_fwd(q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, max_cands, max_hist,
                          *, alpha, scale, timestamps=None, query_timestamps=None, cache_timestamps=None,
                          pos_weight=None, time_weight=None, time_boundaries=None, max_attn_len=0,
                          fp32_precision="ieee"):
@@ -194,12 +190,6 @@ def hstu_cached_attn_fwd(q, k, v, cand_offsets, k_cache, v_cache, cache_offsets,
         INPUT_PRECISION=fp32_precision if q.dtype == torch.float32 else "tf32",
         FAST_SIGMOID=(q.dtype == torch.bfloat16) and not INTERPRET,
     )
-    config = INTERPRET_CONFIG if INTERPRET and CONFIG_OVERRIDE is None else CONFIG_OVERRIDE
-    if config is None:
-        _kernel_tuned[lambda META: (B * H, triton.cdiv(max_cands, META["BLOCK_M"]))](*args, **meta)
-        return out
-    bm, bn, warps, stages = config
-    grid = (B * H, triton.cdiv(max_cands, bm))
-    extra = {} if INTERPRET else dict(num_warps=warps, num_stages=stages)
-    _hstu_cached_attn_kernel[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, **extra)
+    launch(hstu_cached_attention_fwd_kernel, hstu_cached_attention_fwd_kernel_tuned, CONFIG_OVERRIDE, "BLOCK_M", B, H,
+           max_cands, args, meta)
     return out

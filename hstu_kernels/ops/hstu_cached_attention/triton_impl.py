@@ -4,14 +4,15 @@ Serving needs no gradient, so there is no backward: with autograd recording and 
 ``hstu_cached_attention(backend="triton")`` raises and ``backend="auto"`` takes the naive op. The custom op has a
 fake (meta) implementation so ``torch.compile`` traces a serving model through it. Importing this module does
 not import Triton; the kernel (``triton_fwd.py``) loads on the first call. What the backend can take (devices,
-dtypes, head dims, boundaries) is the attention kernel's: see ``hstu_attention/triton_impl.py``.
+dtypes, head dims, boundaries) is every Triton backend's: see ``common/triton_support.py``.
 """
 
 from typing import List, Optional
 
 import torch
 
-from ..hstu_attention import triton_impl as attention_triton
+from ..common.jagged import longest_segment
+from ..common.triton_support import get_fp32_precision, last_dim_unit, triton_reasons
 
 Tensor = torch.Tensor
 
@@ -19,43 +20,36 @@ Tensor = torch.Tensor
 def unsupported_reasons(q, k, v, pos_weight=None, time_weight=None, time_boundaries=None,
                         needs_grad: bool = False) -> List[str]:
     """The reasons the Triton cached kernel cannot take these inputs (empty: it can)."""
-    reasons = attention_triton.unsupported_reasons(q, k, v, pos_weight, time_weight, time_boundaries)
+    reasons = triton_reasons(q, k, v, pos_weight, time_weight, time_boundaries)
     if needs_grad:
         reasons.append("it has no backward (forward only, for serving): run under torch.no_grad()")
     return reasons
 
 
-def _longest(offsets: Tensor) -> int:
-    return int((offsets[1:] - offsets[:-1]).max()) if offsets.shape[0] > 1 else 0
-
-
-def _unit(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-@torch.library.custom_op("hstu_kernels::triton_hstu_cached_attention", mutates_args=())
-def triton_hstu_cached_attention(
+@torch.library.custom_op("hstu_kernels::triton_hstu_cached_attention_fwd", mutates_args=())
+def triton_hstu_cached_attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, cand_offsets: Tensor, k_cache: Tensor, v_cache: Tensor, cache_offsets: Tensor,
     max_seq_len: int, max_cands: int, max_hist: int, alpha: float, scale: float, timestamps: Optional[Tensor],
     query_timestamps: Optional[Tensor], cache_timestamps: Optional[Tensor], pos_weight: Optional[Tensor],
     time_weight: Optional[Tensor], time_boundaries: Optional[Tensor], max_attn_len: int, fp32_precision: str,
 ) -> Tensor:
     """Cached attention with the Triton kernel. ``max_cands`` / ``max_hist`` < 0: read from the offsets."""
-    from .triton_fwd import hstu_cached_attn_fwd
+    from .triton_fwd import hstu_cached_attention_fwd
 
     if max_cands < 0:
-        max_cands = _longest(cand_offsets)
+        max_cands = longest_segment(cand_offsets)
     if max_hist < 0:
-        max_hist = _longest(cache_offsets)
-    return hstu_cached_attn_fwd(
-        _unit(q), _unit(k), _unit(v), cand_offsets, _unit(k_cache), _unit(v_cache), cache_offsets, max_seq_len,
+        max_hist = longest_segment(cache_offsets)
+    return hstu_cached_attention_fwd(
+        *(last_dim_unit(x) for x in (q, k, v)), cand_offsets, last_dim_unit(k_cache), last_dim_unit(v_cache),
+        cache_offsets, max_seq_len,
         max_cands, max_hist, alpha=alpha, scale=scale, timestamps=timestamps, query_timestamps=query_timestamps,
         cache_timestamps=cache_timestamps, pos_weight=pos_weight, time_weight=time_weight,
         time_boundaries=time_boundaries, max_attn_len=max_attn_len, fp32_precision=fp32_precision,
     )
 
 
-@triton_hstu_cached_attention.register_fake
+@triton_hstu_cached_attention_fwd.register_fake
 def _(q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, max_cands, max_hist, alpha, scale,
       timestamps, query_timestamps, cache_timestamps, pos_weight, time_weight, time_boundaries, max_attn_len,
       fp32_precision):
@@ -77,9 +71,9 @@ def hstu_cached_attention_triton(
     """
     if scale is None:
         scale = 1.0 / max_seq_len
-    return triton_hstu_cached_attention(
+    return triton_hstu_cached_attention_fwd(
         q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, int(max_seq_len),
         -1 if max_cands is None else int(max_cands), -1 if max_hist is None else int(max_hist), float(alpha),
         float(scale), timestamps, query_timestamps, cache_timestamps, pos_weight, time_weight, time_boundaries,
-        int(max_attn_len), attention_triton.get_fp32_precision(),
+        int(max_attn_len), get_fp32_precision(),
     )
