@@ -223,6 +223,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         path, done = last_good()
         where = f"{path} holds the last good epoch ({done})" if path else "no checkpoint was written"
         at = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
+        run_folder.append_log(out_dir, {"event": "diverged", "at_epoch": epoch, "at_step": step, "reason": what})
         return TrainingDiverged(f"training stopped at {at}: {what}; {where}", epoch, step, path)
 
     def run_epoch(epoch):
@@ -317,6 +318,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
     except KeyboardInterrupt:
         path, done = last_good()
         held = f"{path} holds epoch {done}" if path else "no checkpoint was written"
+        run_folder.append_log(out_dir, {"event": "interrupted", "during": phase, "last_epoch": done})
         raise TrainingInterrupted(f"interrupted during {phase} (its partial work is dropped); {held}",
                                   done, path, out_dir) from None
     best_epoch = best["state"]["best_epoch"]
