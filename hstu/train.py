@@ -108,12 +108,15 @@ def load_sequences(data_dir, dataset: str):
 
 
 def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainConfig:
-    """The ``TrainConfig`` of the run saved in ``output_dir/last.pt``, with ``changes`` (config fields) and the
-    model fields ``model`` applied and ``resume`` set; ``train`` refuses the changes a resume may not make."""
+    """The ``TrainConfig`` of the run saved in ``output_dir/last.pt`` (reading the data folder it read), with
+    ``changes`` (config fields) and the model fields ``model`` applied and ``resume`` set; ``train`` refuses the
+    changes a resume may not make."""
     path = Path(output_dir) / "last.pt"
-    saved = dict(load_checkpoint(path, require=("train_config",))["train_config"])
+    ckpt = load_checkpoint(path, require=("train_config", "data_dir"))
     known = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in saved.items() if k in known}
+    saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
+    # the folder the run read, resolved when it started: a relative --data-dir or $HSTU_DATA_DIR may differ now
+    saved["data_dir"] = ckpt["data_dir"]
     saved["model"] = {**saved.get("model", {}), **(model or {})}
     return TrainConfig(**{**saved, **changes, "output_dir": str(output_dir), "resume": True, "overwrite": False})
 

@@ -156,3 +156,15 @@ def test_library_errors_name_fields_not_flags(data):
     with pytest.raises(ArgumentError) as err:
         recommend(None, loaded, 3, k=0)
     assert err.value.name == "k" and "-k" not in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["eval", "recommend"])
+def test_ctrl_c_in_eval_and_recommend_exits_130(monkeypatch, capsys, command):
+    from hstu import serving
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serving, "load_for_inference", interrupted)
+    assert main([command, "--checkpoint", "x.pt", "--user", "1"][: 3 if command == "eval" else 5]) == 130
+    assert capsys.readouterr().err.strip() == f"hstu {command}: interrupted"
