@@ -189,6 +189,10 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         state = dict(ckpt["state"])
         rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"].cpu())
+        # the negatives are drawn on the model's device: on CUDA its generator is part of the run too
+        cuda_rng = ckpt.get("cuda_rng") or []
+        if device.type == "cuda" and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.cpu() for t in cuda_rng])
         log(f"resumed from {out_dir / 'last.pt'} after epoch {state['epoch']}")
         for name, (was, now) in applied.items():
             log(f"resume: {name} {was!r} -> {now!r} (the saved run had {was!r})")
@@ -216,7 +220,8 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         save_checkpoint(path, {
             "model_config": model.config_dict(), "train_config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "state": dict(state), "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), **meta,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [], **meta,
         })
 
     def last_good():

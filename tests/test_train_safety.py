@@ -28,8 +28,9 @@ def data(tmp_path_factory):
 
 
 def config(data, out, **kw) -> TrainConfig:
+    # on the CPU, where runs are bit-for-bit repeatable (the resume tests compare weights exactly)
     return TrainConfig(**{"data_dir": str(data), "output_dir": str(out), "epochs": 2, "batch_size": 4,
-                          "progress": False, "patience": 100, "model": dict(TINY_MODEL), **kw})
+                          "progress": False, "patience": 100, "device": "cpu", "model": dict(TINY_MODEL), **kw})
 
 
 def quiet(*_):
@@ -151,7 +152,8 @@ def test_resume_applies_a_new_lr_and_says_so(one_epoch, tmp_path):
     assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [5e-4]
     assert ckpt["train_config"]["lr"] == 5e-4
     resumed = [r for r in epochs_logged(out)[1] if r.get("event") == "resume"]
-    assert resumed == [{"event": "resume", "after_epoch": 1, "changed": {"epochs": [1, 2], "lr": [1e-3, 5e-4]}}]
+    assert resumed == [{"event": "resume", "after_epoch": 1,
+                        "changed": {"epochs": [1, 2], "lr": [1e-3, 5e-4]}}]
 
 
 @pytest.mark.parametrize("change", [
@@ -229,7 +231,8 @@ def test_an_output_dir_that_is_a_file_is_refused(data, tmp_path):
 # --- Ctrl-C ----------------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_keeps_the_last_epoch_prints_how_to_resume_and_exits_130(data, straight, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_keeps_the_last_epoch_prints_how_to_resume_and_exits_130(data, straight, tmp_path, capsys,
+                                                                         monkeypatch):
     out = tmp_path / "out"
     real, calls = train_module.training_batch, []
 
@@ -242,7 +245,7 @@ def test_ctrl_c_keeps_the_last_epoch_prints_how_to_resume_and_exits_130(data, st
     monkeypatch.setattr(train_module, "training_batch", interrupting)
     args = ["train", "--data-dir", str(data), "--output-dir", str(out), "--epochs", "2", "--batch-size", "4",
             "--dim", "16", "--num-layers", "1", "--max-seq-len", "8", "--num-negatives", "8", "--dropout", "0",
-            "--patience", "100"]
+            "--patience", "100", "--device", "cpu"]
     assert main(args) == 130
     err = capsys.readouterr().err
     assert "interrupted during epoch 2" in err and f"{out / 'last.pt'} holds epoch 1" in err
