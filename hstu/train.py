@@ -115,7 +115,8 @@ def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainC
     ckpt = load_checkpoint(path, require=("train_config", "data_dir"))
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
-    # the folder the run read, resolved when it started: a relative --data-dir or $HSTU_DATA_DIR may differ now
+    # the folder the run read, resolved when it started: a relative data_dir or $HSTU_DATA_DIR can point
+    # elsewhere when the run is resumed
     saved["data_dir"] = ckpt["data_dir"]
     saved["model"] = {**saved.get("model", {}), **(model or {})}
     return TrainConfig(**{**saved, **changes, "output_dir": str(output_dir), "resume": True, "overwrite": False})
@@ -195,7 +196,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
             torch.cuda.set_rng_state_all([t.cpu() for t in cuda_rng])
         log(f"resumed from {out_dir / 'last.pt'} after epoch {state['epoch']}")
         for name, (was, now) in applied.items():
-            log(f"resume: {name} {was!r} -> {now!r} (the saved run had {was!r})")
+            log(f"resume: {name} {was!r} -> {now!r}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for tmp in remove_stale_temporaries(out_dir, run_folder.CHECKPOINTS):
