@@ -1,79 +1,170 @@
-"""``hstu`` command line: train, eval, recommend."""
+"""``hstu`` command line: train, eval, recommend.
+
+Imports torch only inside the commands, so ``hstu --help`` answers at once. Flags are checked by argparse
+(types and ranges from ``hstu.config``); library errors name config fields, and ``main`` names the flag instead.
+"""
 
 import argparse
 import json
 import sys
-from dataclasses import fields
 
-from .model import ModelConfig
-from .train import TrainConfig
+from .config import MODEL_FIELDS, MODEL_RANGES, TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig
 
 METRIC_ORDER = ("HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@50", "NDCG@200", "MRR", "RMSE", "MAE")
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+TRAIN_HELP = {
+    "epochs": "most epochs to train",
+    "batch_size": "users per training batch",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "rating_loss_weight": "weight of the rating loss (MSE of the rating head) added to the retrieval loss",
+    "num_targets": "rating targets per training sequence",
+    "patience": "stop after this many epochs without a better validation NDCG@10",
+    "eval_batch_size": "users per evaluation batch",
+    "seed": "seed of the initial weights, the batch order and the negatives",
+}
+MODEL_HELP = {
+    "dim": "model width D",
+    "num_layers": "HSTU blocks",
+    "num_heads": "attention heads (must divide --dim)",
+    "max_seq_len": "longest model input: up to max_seq_len - 1 history events and a target",
+    "dropout": "dropout rate",
+    "max_attn_len": "local attention window in positions (0: none)",
+    "temperature": "retrieval temperature: logits are cosine / temperature",
+    "num_negatives": "uniform negatives per sequence of the sampled-softmax retrieval loss",
+}
+# config fields (as library errors name them) -> the flag of each command
+FLAGS = {
+    "train": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "output_dir": "--output-dir",
+              "attn_activation": "--attn-activation", "fused": "--fused", "amp": "--no-amp", "resume": "--resume",
+              "overwrite": "--overwrite", "skip_nonfinite": "--skip-nonfinite",
+              **{name: "--" + name.replace("_", "-") for name in (*TRAIN_RANGES, *MODEL_RANGES)}},
+    "eval": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "batch_size": "--batch-size",
+             "checkpoint": "--checkpoint"},
+    "recommend": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "user_id": "--user",
+                  "k": "-k", "retrieve_k": "--retrieve-k", "rating_weight": "--blend-weight",
+                  "checkpoint": "--checkpoint", "index": "--index"},
+}
+
+
+def _ranged(allowed: Range):
+    """An argparse type: the text as a value in ``allowed``, or an error saying which values it takes."""
+
+    def parse(text):
+        try:
+            return allowed.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = allowed.kind.__name__
+    return parse
+
+
+def _device(text: str) -> str:
+    from .train import resolve_device
+
+    try:
+        resolve_device(text)
+    except ArgumentError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    return text
+
+
+def _output_dir(text: str) -> str:
+    from pathlib import Path
+
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
 
 
 def _add_data_args(p):
     p.add_argument("--data-dir", help="folder holding ratings.dat (MovieLens-1M) or u.data (MovieLens-100K); "
                    "default: $HSTU_DATA_DIR, else a cache folder filled by downloading from GroupLens")
-    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"],
+    p.add_argument("--dataset", choices=["ml-1m", "ml-100k"],
                    help="which archive to download when no folder is given (default ml-1m)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", type=_device, help="auto (CUDA when present), cpu, cuda, cuda:1, mps (default auto)")
+
+
+def _train_parser(sub):
+    t = sub.add_parser("train", help="train on MovieLens and print test HR@10 / NDCG@10")
+    _add_data_args(t)
+    d, m = TrainConfig(), ModelConfig(num_items=1)
+    t.add_argument("--output-dir", type=_output_dir,
+                   help=f"checkpoints and log.jsonl go here, one run per folder (default {d.output_dir})")
+    # every default is None, so that "given" and "not given" differ: a resume takes the saved value of the
+    # flags not given, and a new run the dataclass defaults shown in the help
+    for ranges, helps, config in ((TRAIN_RANGES, TRAIN_HELP, d), (MODEL_RANGES, MODEL_HELP, m)):
+        for name, allowed in ranges.items():
+            t.add_argument("--" + name.replace("_", "-"), type=_ranged(allowed),
+                           help=f"{helps[name]}; {allowed.describe()} (default {getattr(config, name)})")
+    t.add_argument("--attn-activation", choices=["silu", "softmax"], help="attention nonlinearity (default silu)")
+    t.add_argument("--fused", action="store_true", default=None, help="run attention on the fused GPU kernels")
+    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT_DIR from its last.pt; only --epochs, --patience, --lr, "
+                        "--eval-batch-size, --device, --no-amp and --skip-nonfinite may change")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
+    t.add_argument("--skip-nonfinite", action="store_true", default=None,
+                   help="skip training steps whose loss or gradients are not finite (default: stop training)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (they are drawn on a terminal only)")
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="hstu", description="HSTU generative recommender on MovieLens")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train on MovieLens and print test HR@10 / NDCG@10")
-    _add_data_args(t)
-    t.add_argument("--output-dir", default="runs/hstu", help="checkpoints and log.jsonl go here (default runs/hstu)")
-    d = TrainConfig()
-    for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("weight_decay", float),
-                       ("rating_weight", float), ("num_targets", int), ("patience", int), ("eval_batch_size", int),
-                       ("seed", int)):
-        t.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name), help=f"default {getattr(d, name)}")
-    m = ModelConfig(num_items=1)
-    for name, kind in (("dim", int), ("num_layers", int), ("num_heads", int), ("max_seq_len", int),
-                       ("dropout", float), ("max_attn_len", int), ("temperature", float), ("num_negatives", int)):
-        t.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(m, name), help=f"default {getattr(m, name)}")
-    t.add_argument("--attn-activation", default="silu", choices=["silu", "softmax"])
-    t.add_argument("--fused", action="store_true", help="run attention on the fused GPU kernels")
-    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
-    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _train_parser(sub)
 
     e = sub.add_parser("eval", help="full-ranking metrics of a checkpoint on the test (or validation) targets")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by hstu train")
     _add_data_args(e)
-    e.add_argument("--split", default="test", choices=["test", "valid"])
+    e.add_argument("--split", default="test", choices=["test", "valid"],
+                   help="rank each user's last event (test, the default) or second-to-last (valid)")
     e.add_argument("--keep-seen", action="store_true", help="do not filter out items already in the history")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=_ranged(Range(int, 1)), default=256, metavar="N",
+                   help="users per evaluation batch; an integer >= 1 (default 256)")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
     r = sub.add_parser("recommend", help="top items for one user, with titles: retrieval top-K, then M-FALCON ranking")
-    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by hstu train")
     _add_data_args(r)
     r.add_argument("--user", type=int, required=True, help="the user's MovieLens UserID")
-    r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    r.add_argument("-k", type=_ranged(Range(int, 1)), default=10, help="how many items; an integer >= 1 (default 10)")
     r.add_argument("--keep-seen", action="store_true", help="allow items the user already rated")
-    r.add_argument("--retrieve-k", type=int, default=200,
-                   help="candidates retrieved over all items before ranking (default 200)")
+    r.add_argument("--retrieve-k", type=_ranged(Range(int, 1)), default=200, metavar="K",
+                   help="candidates retrieved over all items before ranking; an integer >= 1 (default 200)")
     r.add_argument("--index", default="auto", choices=["auto", "exact", "faiss"],
                    help="retrieval index: exact matmul, or FAISS inner product (auto: FAISS when installed, on CPU)")
-    r.add_argument("--rating-weight", type=float, default=0.5,
+    r.add_argument("--blend-weight", type=_ranged(Range(float, 0, 1)), default=0.5, metavar="W",
                    help="w of the ranking blend (1 - w) * cosine + w * (clamp(rating, 1, 5) - 1) / 4 "
                         "(0: retrieval only, 1: predicted rating only; default 0.5)")
     return parser
 
 
+def _train_config(args) -> TrainConfig:
+    """The run's config: the flags given, over the saved run's config (``--resume``) or the defaults."""
+    given = {name: getattr(args, name) for name in (*TRAIN_RANGES, "data_dir", "dataset", "device", "skip_nonfinite")
+             if getattr(args, name) is not None}
+    model = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
+    if args.no_amp:
+        given["amp"] = False
+    # bars on a terminal only: piped into a log, they are noise
+    given["progress"] = not args.no_progress and sys.stderr.isatty()
+    output_dir = args.output_dir or TrainConfig.output_dir
+    if args.resume:
+        from .train import resume_config
+
+        if args.overwrite:
+            raise ArgumentError("overwrite", "cannot go with --resume: one continues the run, the other replaces it")
+        return resume_config(output_dir, model=model, **given)
+    return TrainConfig(**given, output_dir=output_dir, overwrite=args.overwrite, model=model)
+
+
 def _train(args):
     from .train import train
 
-    model_keys = {f.name for f in fields(ModelConfig)} - {"num_items", "num_actions"}
-    model = {k: getattr(args, k) for k in model_keys}
-    train_keys = {f.name for f in fields(TrainConfig)} - {"model", "amp", "progress"}
-    cfg = TrainConfig(**{k: getattr(args, k) for k in train_keys}, model=model, amp=not args.no_amp,
-                      progress=not args.no_progress)
-    train(cfg)
+    train(_train_config(args))
 
 
 def _print_metrics(metrics, title):
@@ -84,12 +175,16 @@ def _print_metrics(metrics, title):
 
 
 def _eval(args):
-    from .serving import load_for_inference
     from .evaluate import evaluate_model, evaluate_popularity
+    from .serving import load_for_inference
 
-    model, data, seqs, device = load_for_inference(args.checkpoint, args.data_dir, args.dataset, args.device)
+    model, data, seqs, device = load_for_inference(args.checkpoint, args.data_dir, args.dataset or "ml-1m",
+                                                   args.device or "auto")
     kw = dict(batch_size=args.batch_size, device=device, filter_seen=not args.keep_seen, progress=sys.stderr.isatty())
     metrics = evaluate_model(model, seqs, args.split, **kw)
+    if metrics["non_finite_users"]:
+        print(f"hstu eval: warning: the model gave non-finite scores for {metrics['non_finite_users']} of "
+              f"{metrics['users']} users; their targets rank last", file=sys.stderr)
     pop = evaluate_popularity(seqs, args.split, max_seq_len=model.config.max_seq_len, **kw)
     if args.json:
         print(json.dumps({**metrics, "popularity": pop}))
@@ -99,24 +194,90 @@ def _eval(args):
 
 
 def _recommend(args):
+    if args.k > args.retrieve_k:
+        raise ArgumentError("k", f"{args.k} is more than --retrieve-k {args.retrieve_k}: raise --retrieve-k")
     from .serving import Ranker, load_for_inference, recommend
 
-    model, data, _, device = load_for_inference(args.checkpoint, args.data_dir, args.dataset, args.device)
-    ranker = Ranker(model, index=args.index, retrieve_k=args.retrieve_k, rating_weight=args.rating_weight,
+    model, data, _, device = load_for_inference(args.checkpoint, args.data_dir, args.dataset or "ml-1m",
+                                                args.device or "auto")
+    ranker = Ranker(model, index=args.index, retrieve_k=args.retrieve_k, rating_weight=args.blend_weight,
                     device=device)
     rows = recommend(model, data, args.user, args.k, exclude_seen=not args.keep_seen, ranker=ranker)
-    print(f"top {len(rows)} for user {args.user}: retrieval top-{args.retrieve_k} ({ranker.index}), ranked by "
+    note = "" if len(rows) == args.k else f" (only {len(rows)} items left to recommend)"
+    print(f"top {len(rows)} for user {args.user}{note}: retrieval top-{args.retrieve_k} ({ranker.index}), ranked by "
           f"final = (1 - w) * cosine + w * (clamp(rating, 1, 5) - 1) / 4, w = {ranker.rating_weight:g}")
     print(f"{'rank':>4}  {'retrieval':>9}  {'rating':>6}  {'final':>6}  title")
     for i, row in enumerate(rows, 1):
         print(f"{i:>4}  {row['score']:>9.3f}  {row['rating']:>6.2f}  {row['final']:>6.3f}  {row['title']}")
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def _flag(command: str, name: str) -> str | None:
+    return FLAGS.get(command, {}).get(name)
+
+
+def _resume_hint(err) -> str:
+    return f"resume with: hstu train --output-dir {err.output_dir} --resume"
+
+
+def _run(args) -> int:
+    """Run the command; translate what the library raises into a message that names flags, and an exit code."""
+    from .checkpoint import CheckpointError
+
+    command = args.command
+    say = lambda text: print(f"hstu {command}: {text}", file=sys.stderr)  # noqa: E731
     try:
-        {"train": _train, "eval": _eval, "recommend": _recommend}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"hstu {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        {"train": _train, "eval": _eval, "recommend": _recommend}[command](args)
+    except KeyboardInterrupt as err:
+        if command == "train" and hasattr(err, "output_dir"):
+            say(f"{err}")
+            if err.checkpoint is not None:
+                say(_resume_hint(err))
+        else:
+            say("interrupted")
+        return EXIT_INTERRUPTED
+    except ArgumentError as err:
+        from .run_folder import RunExistsError
+
+        if isinstance(err, RunExistsError):
+            say(f"error: {err.folder} already holds a run ({', '.join(err.found)}): pass --resume to continue it, "
+                "--overwrite to replace it, or another --output-dir")
+        elif _flag(command, err.name):
+            say(f"error: argument {_flag(command, err.name)}: {err.message}")
+        else:
+            say(f"error: {err}")
+        return EXIT_USAGE
+    except CheckpointError as err:
+        say(f"error: {err}")
+        return EXIT_USAGE
+    except ValueError as err:
+        if command == "train":
+            from .train import ResumeMismatch
+
+            if isinstance(err, ResumeMismatch):
+                lines = [f"  {_flag(command, k) or k}: {saved!r} in the saved run, {asked!r} now"
+                         for k, (saved, asked) in err.differences.items()]
+                say(f"error: cannot resume {err.checkpoint}: these differ from the saved run:\n" + "\n".join(lines)
+                    + "\nonly --epochs, --patience, --lr, --eval-batch-size, --device, --no-amp and "
+                    "--skip-nonfinite may change on --resume; start a new run (another --output-dir) otherwise")
+                return EXIT_USAGE
+        say(f"error: {err}")
+        return EXIT_USAGE
+    except FileNotFoundError as err:
+        say(f"error: {err}")
+        return EXIT_USAGE
+    except OSError as err:
+        say(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}")
+        return EXIT_FAILED
+    except RuntimeError as err:
+        from .train import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        say(f"error: {err}")
+        say("try a lower --lr, or --skip-nonfinite to skip such steps")
+        return EXIT_FAILED
     return 0
+
+
+def main(argv=None) -> int:
+    return _run(_parser().parse_args(argv))

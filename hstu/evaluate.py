@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import Range
 from .data.batching import JaggedBatch, eval_batch
 from .data.sequences import seen_mask, train_item_counts
-from .metrics import ranking_metrics, target_ranks
+from .metrics import non_finite_rows, ranking_metrics, target_ranks
 
 
 ScoreFn = Callable[[JaggedBatch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -31,9 +32,12 @@ def rank_targets(
 
     ``score_batch(batch) -> (scores [B, num_items + 1], predicted ratings [B] or None)`` scores one batch (on
     ``device``). Item 0 (padding) is never a candidate; with ``filter_seen`` neither is any item the user
-    already interacted with (the target excepted).
+    already interacted with (the target excepted). A non-finite score ranks below every finite one (a target
+    scored NaN ranks last); ``"non_finite_users"`` counts the users with any non-finite candidate score.
     """
+    Range(int, 1).check("batch_size", batch_size)
     all_ranks, sq_err, abs_err = [], [], []
+    non_finite = 0
     starts = range(0, len(seqs), batch_size)
     for start in tqdm(starts, desc=f"eval {split}", disable=not progress, leave=False):
         users = np.arange(start, min(start + batch_size, len(seqs)))
@@ -48,6 +52,7 @@ def rank_targets(
         exclude[:, 0] = True
         exclude[torch.arange(len(targets), device=device), targets] = False
         all_ranks.append(target_ranks(scores, targets, exclude))
+        non_finite += int(non_finite_rows(scores, exclude).sum())
         if rating_pred is not None:
             err = rating_pred.float() - batch.ratings[rows].float()
             sq_err.append(err.square())
@@ -58,6 +63,7 @@ def rank_targets(
         out["RMSE"] = torch.cat(sq_err).mean().sqrt().item()
         out["MAE"] = torch.cat(abs_err).mean().item()
     out["users"] = int(ranks.numel())
+    out["non_finite_users"] = non_finite
     return out
 
 

@@ -14,15 +14,29 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: Optional[
         exclude: ``[B, M]`` bool, items removed from the ranking (the target itself is never removed).
 
     A candidate tied with the target ranks above it when its id is smaller: ties neither flatter a model that
-    scores everything alike nor depend on chance, and popularity counts tie often.
+    scores everything alike nor depend on chance, and popularity counts tie often. A non-finite score (NaN,
+    +-inf) ranks below every finite one, and a target with a non-finite score ranks last: every comparison with
+    NaN is false, so a plain ``>`` would put the target of a NaN model first.
     """
     scores = scores.float()
+    finite = torch.isfinite(scores)
     target_score = scores.gather(1, targets[:, None])
+    target_finite = finite.gather(1, targets[:, None])
     ids = torch.arange(scores.shape[1], device=scores.device)
-    above = (scores > target_score) | ((scores == target_score) & (ids[None, :] < targets[:, None]))
+    is_target = ids[None, :] == targets[:, None]
+    beats = (scores > target_score) | ((scores == target_score) & (ids[None, :] < targets[:, None]))
+    above = torch.where(target_finite, finite & beats, ~is_target)
     if exclude is not None:
         above &= ~exclude
     return above.sum(dim=1)
+
+
+def non_finite_rows(scores: torch.Tensor, exclude: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B]`` bool: rows of ``scores [B, M]`` with a NaN or infinite score among the candidates not excluded."""
+    bad = ~torch.isfinite(scores)
+    if exclude is not None:
+        bad &= ~exclude
+    return bad.any(dim=1)
 
 
 def hit_rate(ranks: torch.Tensor, k: int) -> float:

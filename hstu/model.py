@@ -7,26 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .actions import NUM_ACTIONS
+from .config import ModelConfig
 from .encoder import HSTUEncoder
 from .jagged import jagged_to_padded
 from .kv_cache import KVCache
-
-
-@dataclass
-class ModelConfig:
-    num_items: int
-    num_actions: int = NUM_ACTIONS
-    dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 1
-    max_seq_len: int = 200
-    dropout: float = 0.2
-    attn_activation: str = "silu"
-    max_attn_len: int = 0
-    fused: bool = False
-    temperature: float = 0.05
-    num_negatives: int = 128
 
 
 @dataclass

@@ -2,13 +2,15 @@
 whole catalogue, then M-FALCON scoring of those K candidates and a blend of retrieval score and rating)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .actions import actions_from_ratings
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, non_finite_tensors
+from .config import ArgumentError
 from .model import HSTURecommender
 from .train import load_sequences, resolve_device
 
@@ -19,17 +21,31 @@ _EXACT_CHUNK_ELEMENTS = 1 << 24  # exact retrieval scores at most this many (use
 
 def load_for_inference(checkpoint, data_dir: str | None = None, dataset: str = "ml-1m", device: str = "auto"):
     """-> (model in eval mode, MovieLensData, leave-one-out UserSequences, device). The data folder defaults to
-    the one the checkpoint was trained on; its items must be the checkpoint's."""
+    the one the checkpoint was trained on; its items must be the checkpoint's. ``CheckpointError`` names the
+    file when it is damaged, foreign, or holds weights that do not fit its config or are not finite."""
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint, map_location=dev)
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path, map_location=dev, require=("model_config", "model", "item_ids", "data_dir"))
+    try:
+        model = HSTURecommender.from_config(ckpt["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} has an unusable model_config ({err})") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its model_config ({first[:200]})") from None
+    bad = non_finite_tensors(ckpt["model"])
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): the run that wrote it diverged")
     data, seqs = load_sequences(data_dir or ckpt["data_dir"], dataset)
     if data.item_ids.tolist() != list(ckpt["item_ids"]):
-        raise ValueError(
-            f"the items in {data.data_dir} differ from those {checkpoint} was trained on ({ckpt['data_dir']}): "
-            "pass the training data with --data-dir"
+        raise ArgumentError(
+            "data_dir", f"the items in {data.data_dir} differ from those {path} was trained on ({ckpt['data_dir']}): "
+            "load the training data"
         )
-    model = HSTURecommender.from_config(ckpt["model_config"]).to(dev)
-    model.load_state_dict(ckpt["model"])
+    model = model.to(dev)
     model.eval()
     return model, data, seqs, dev
 
@@ -83,6 +99,13 @@ def _check_offsets(name: str, offsets: torch.Tensor, length: int) -> torch.Tenso
     if int(offsets[0]) != 0 or int(offsets[-1]) != length or bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError(f"{name} must rise from 0 to {length} (the number of rows it splits), got {offsets.tolist()}")
     return offsets
+
+
+def _check_finite(what: str, values: torch.Tensor) -> None:
+    bad = int((~torch.isfinite(values)).any(-1).sum()) if values.dim() > 1 else int((~torch.isfinite(values)).sum())
+    if bad:
+        raise ValueError(f"the model gave non-finite {what} ({bad} of {values.shape[0]}): its weights or inputs "
+                         "are broken, so it cannot rank")
 
 
 class Ranker:
@@ -323,9 +346,12 @@ class Ranker:
             torch.cumsum(lengths.clamp(max=keep_len), 0, out=seq_offsets[1:])
 
         cache = self.model.prefill(items, actions, seq_offsets, timestamps)
+        # a NaN user vector would retrieve nothing and rank nothing, without a word
+        _check_finite("user vectors", cache.last_output)
         cands, _, cand_offsets = self.retrieve(cache.last_output, None, seen_items, seen_offsets)
         scores = self.model.score_candidates(cache, cands, cand_offsets, microbatch_size=self.microbatch_size)
         final = self.blend(scores.retrieval, scores.ratings)
+        _check_finite("candidate scores", final)
 
         # sort each user's candidates by the blend (stable: ties keep the retrieval order), keep the first k
         C = cands.shape[0]
@@ -349,7 +375,8 @@ def user_history(data, user_id: int):
     seqs = data.sequences
     pos = int(np.searchsorted(seqs.user_ids, user_id))
     if pos >= len(seqs.user_ids) or seqs.user_ids[pos] != user_id:
-        raise ValueError(f"--user {user_id}: no such user in {data.data_dir} (ids {seqs.user_ids[0]}..{seqs.user_ids[-1]})")
+        raise ArgumentError("user_id", f"no such user {user_id} in {data.data_dir} "
+                            f"(ids {seqs.user_ids[0]}..{seqs.user_ids[-1]})")
     lo, hi = seqs.offsets[pos], seqs.offsets[pos + 1]
     return seqs.items[lo:hi], actions_from_ratings(seqs.ratings[lo:hi]), seqs.timestamps[lo:hi]
 
@@ -371,8 +398,8 @@ def recommend(
     Returns ``[{"item": raw id, "title", "score": retrieval logit, "rating": predicted rating, "final": blend}]``,
     best first.
     """
-    if k < 1:
-        raise ValueError(f"-k must be >= 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ArgumentError("k", f"must be an integer >= 1, got {k!r}")
     items, actions, stamps = user_history(data, user_id)
     if ranker is None:
         ranker = Ranker(model, device=device, **ranker_kwargs)

@@ -1,9 +1,16 @@
-"""Training loop: AdamW, retrieval + rating losses, validation each epoch, early stopping, resumable."""
+"""Training loop: AdamW, retrieval + rating losses, validation each epoch, early stopping, resumable.
 
-import json
+A run owns its output folder (``best.pt``, ``last.pt``, ``log.jsonl``). A resumed run continues the saved one
+exactly; only the ``RESUMABLE`` settings may change, and each change is logged. A non-finite loss, gradient,
+weight or validation score stops training (``TrainingDiverged``) before anything non-finite is saved, unless
+``skip_nonfinite`` skips such steps. Ctrl-C drops the unfinished epoch and raises ``TrainingInterrupted``;
+``last.pt`` then holds the last finished one.
+"""
+
+import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -12,139 +19,321 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import run_folder
+from .checkpoint import CheckpointError, load_checkpoint, non_finite_tensors, remove_stale_temporaries, save_checkpoint
+from .config import MODEL_FIELDS, RESUMABLE, RUN_CONTROL, ArgumentError, ModelConfig, TrainConfig
 from .data.batching import length_bucketed_batches, training_batch
 from .evaluate import evaluate_model, evaluate_popularity
-from .model import HSTURecommender, ModelConfig
+from .model import HSTURecommender
+
+__all__ = [
+    "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "ResumeMismatch", "train", "resume_config",
+    "resolve_device", "load_sequences",
+]
+
+# what resuming needs from last.pt beyond the weights
+TRAINING_ENTRIES = ("model_config", "model", "train_config", "optimizer", "state", "numpy_rng", "torch_rng",
+                    "item_ids", "data_dir")
 
 
-@dataclass
-class TrainConfig:
-    data_dir: Optional[str] = None
-    dataset: str = "ml-1m"
-    output_dir: str = "runs/hstu"
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    rating_weight: float = 1.0
-    num_targets: int = 4
-    patience: int = 10
-    eval_batch_size: int = 256
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    resume: bool = False
-    progress: bool = True
-    model: Dict = field(default_factory=dict)
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient, weight or validation score stopped training. ``epoch`` and ``step`` (1-based;
+    0 when not one step) say where; ``checkpoint`` is the last good ``last.pt`` (None when none was written)."""
+
+    def __init__(self, message: str, epoch: int, step: int, checkpoint: Optional[Path]):
+        super().__init__(message)
+        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the unfinished epoch was dropped. ``epoch``: the epochs ``checkpoint`` (the
+    run's ``last.pt``, None when none was written) holds; ``output_dir``: the run's folder."""
+
+    def __init__(self, message: str, epoch: int, checkpoint: Optional[Path], output_dir: Path):
+        super().__init__(message)
+        self.epoch, self.checkpoint, self.output_dir = epoch, checkpoint, output_dir
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ResumeMismatch(ValueError):
+    """A resume asked for settings the saved run does not have. ``differences``: ``{field: (saved, asked)}``
+    (model fields by name, ``data_dir`` / ``items`` for the data)."""
+
+    def __init__(self, checkpoint: Path, differences: Dict[str, tuple]):
+        listed = ", ".join(f"{k} {saved!r} -> {asked!r}" for k, (saved, asked) in differences.items())
+        super().__init__(
+            f"cannot resume {checkpoint}: the saved run differs in {listed}; a resumed run may change only "
+            f"{', '.join(RESUMABLE)} (start a new run for anything else)"
+        )
+        self.checkpoint, self.differences = checkpoint, differences
 
 
 def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when present, else the CPU) or a torch device name that this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ArgumentError("device", f"{name!r} is not a device: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArgumentError("device", f"{name!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ArgumentError("device", f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ArgumentError("device", f"{name!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ArgumentError("device", f"{name!r}: hstu runs on cpu, cuda or mps")
     return dev
 
 
 def load_sequences(data_dir, dataset: str):
-    """MovieLens events as leave-one-out-ready ``UserSequences`` plus the loaded data (titles, raw ids)."""
+    """MovieLens events as leave-one-out-ready ``UserSequences`` plus the loaded data (titles, raw ids).
+    ValueError when no user has the 3 events the split needs."""
     from .data.movielens import load_movielens
-    from .data.sequences import leave_one_out
+    from .data.sequences import MIN_EVENTS, leave_one_out
 
     data = load_movielens(data_dir, dataset)
-    return data, leave_one_out(data.sequences)
+    seqs = leave_one_out(data.sequences)
+    if len(seqs) == 0:
+        raise ValueError(
+            f"{data.data_dir}: none of its {len(data.sequences)} users has {MIN_EVENTS} or more ratings, which the "
+            "leave-one-out split needs (train events, a validation and a test target): nothing to train or evaluate"
+        )
+    return data, seqs
 
 
-def _log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainConfig:
+    """The ``TrainConfig`` of the run saved in ``output_dir/last.pt`` (reading the data folder it read), with
+    ``changes`` (config fields) and the model fields ``model`` applied and ``resume`` set; ``train`` refuses the
+    changes a resume may not make."""
+    path = Path(output_dir) / "last.pt"
+    ckpt = load_checkpoint(path, require=("train_config", "data_dir"))
+    known = {f.name for f in fields(TrainConfig)}
+    saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
+    # the folder the run read, resolved when it started: a relative data_dir or $HSTU_DATA_DIR can point
+    # elsewhere when the run is resumed
+    saved["data_dir"] = ckpt["data_dir"]
+    saved["model"] = {**saved.get("model", {}), **(model or {})}
+    return TrainConfig(**{**saved, **changes, "output_dir": str(output_dir), "resume": True, "overwrite": False})
+
+
+def _resume_differences(ckpt: dict, cfg: TrainConfig, model_cfg: ModelConfig, meta: dict):
+    """``(refused, applied)``: ``{field: (saved, asked)}`` for the settings a resume may not and may change."""
+    saved, asked = ckpt["train_config"], cfg.to_dict()
+    refused, applied = {}, {}
+    for name, value in asked.items():
+        if name in RUN_CONTROL or name in ("model", "data_dir", "dataset", "output_dir"):
+            continue
+        if saved.get(name) != value:
+            (applied if name in RESUMABLE else refused)[name] = (saved.get(name), value)
+    saved_model, asked_model = ckpt["model_config"], asdict(model_cfg)
+    for name in ("num_items", "num_actions", *MODEL_FIELDS):
+        if saved_model.get(name) != asked_model[name]:
+            refused[name] = (saved_model.get(name), asked_model[name])
+    if ckpt["data_dir"] != meta["data_dir"]:
+        refused["data_dir"] = (ckpt["data_dir"], meta["data_dir"])
+    elif list(ckpt["item_ids"]) != meta["item_ids"] and "num_items" not in refused:
+        refused["items"] = ("the items of the saved run", "other items (the data changed)")
+    return refused, applied
+
+
+def _load_state(module, state, path: Path, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path}: its {what} does not fit its configuration ({first[:200]})") from None
+
+
+class _NonFinite(Exception):
+    def __init__(self, what: str, step: int):
+        super().__init__(what)
+        self.what, self.step = what, step
 
 
 def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
-    """Train, keep the checkpoint with the best validation NDCG@10, and return its test metrics."""
+    """Train, keep the checkpoint with the best validation NDCG@10, and return its test metrics.
+
+    Raises ``ArgumentError`` / ``RunExistsError`` for a bad output folder, ``ResumeMismatch`` for a resume that
+    changes the model or data, ``TrainingDiverged`` and ``TrainingInterrupted`` (see the module docstring).
+    """
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run_folder.check_output_dir(out_dir, cfg.resume, cfg.overwrite)
+    ckpt = load_checkpoint(out_dir / "last.pt", map_location=device, require=TRAINING_ENTRIES) if cfg.resume else None
     data, seqs = load_sequences(cfg.data_dir, cfg.dataset)
     log(f"data: {data.name} from {data.data_dir}: {len(seqs)} users, {seqs.num_items} items, {len(seqs.items)} events")
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model_cfg = ModelConfig(num_items=seqs.num_items, **cfg.model)
+    meta = {"item_ids": data.item_ids.tolist(), "data_dir": str(Path(data.data_dir).resolve()), "dataset": data.name}
+    applied = {}
+    if ckpt is not None:
+        refused, applied = _resume_differences(ckpt, cfg, model_cfg, meta)
+        if refused:
+            raise ResumeMismatch(out_dir / "last.pt", refused)
     model = HSTURecommender(model_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "stale": 0}
-    if cfg.resume:
-        ckpt = load_checkpoint(out_dir / "last.pt", map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
+    if ckpt is not None:
+        _load_state(model, ckpt["model"], out_dir / "last.pt", "model weights")
+        _load_state(opt, ckpt["optimizer"], out_dir / "last.pt", "optimizer state")
+        # the optimizer state carries the saved lr: the asked one wins (it equals the saved one unless changed)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr
+        state = dict(ckpt["state"])
         rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        # the negatives are drawn on the model's device: on CUDA its generator is part of the run too
+        cuda_rng = ckpt.get("cuda_rng") or []
+        if device.type == "cuda" and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.cpu() for t in cuda_rng])
         log(f"resumed from {out_dir / 'last.pt'} after epoch {state['epoch']}")
+        for name, (was, now) in applied.items():
+            log(f"resume: {name} {was!r} -> {now!r}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_temporaries(out_dir, run_folder.CHECKPOINTS):
+        log(f"removed {tmp}, left by a checkpoint write that never finished")
+    if cfg.overwrite:
+        removed = run_folder.clear_run(out_dir)
+        if removed:
+            log(f"overwrite: deleted the previous run's {', '.join(removed)} in {out_dir}")
+    if ckpt is not None:
+        run_folder.trim_log(out_dir, state["epoch"])
+        run_folder.append_log(out_dir, {"event": "resume", "after_epoch": state["epoch"],
+                                        "changed": {k: list(v) for k, v in applied.items()}})
+    else:
+        run_folder.append_log(out_dir, {"event": "start", "train_config": cfg.to_dict(),
+                                        "model_config": asdict(model_cfg), "data_dir": meta["data_dir"]})
+
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
     eval_kw = dict(batch_size=cfg.eval_batch_size, device=device, progress=cfg.progress)
-    meta = {"item_ids": data.item_ids.tolist(), "data_dir": str(Path(data.data_dir).resolve()), "dataset": data.name}
+    last_path = out_dir / "last.pt"
 
     def checkpoint(path):
         save_checkpoint(path, {
-            "model_config": model.config_dict(), "train_config": asdict(cfg), "model": model.state_dict(),
+            "model_config": model.config_dict(), "train_config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "state": dict(state), "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), **meta,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [], **meta,
         })
 
-    while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
-        epoch = state["epoch"] + 1
+    def last_good():
+        return (last_path if last_path.is_file() else None), state["epoch"]
+
+    def diverged(what, epoch, step):
+        path, done = last_good()
+        where = f"{path} holds the last good epoch ({done})" if path else "no checkpoint was written"
+        at = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
+        run_folder.append_log(out_dir, {"event": "diverged", "at_epoch": epoch, "at_step": step, "reason": what})
+        return TrainingDiverged(f"training stopped at {at}: {what}; {where}", epoch, step, path)
+
+    def run_epoch(epoch):
         model.train()
-        start = time.time()
         batches = length_bucketed_batches(seqs.lengths(), cfg.batch_size, rng)
-        totals = np.zeros(3)
+        totals, done, skipped = np.zeros(3), 0, 0
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
-        for users in bar:
-            batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng)
-            batch = batch.to(device)
+        for step, users in enumerate(bar, 1):
+            batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng).to(device)
             with amp:
                 out = model(batch)
                 tgt = batch.ratings > 0
                 rating_pred = model.predict_ratings(out[tgt])
             retrieval = model.retrieval_loss(out, batch.next_items, batch.seq_offsets)
             rating = F.mse_loss(rating_pred.float(), batch.ratings[tgt].float())
-            loss = retrieval + cfg.rating_weight * rating
+            loss = retrieval + cfg.rating_loss_weight * rating
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value = loss.item()
+            problem = None
+            if not math.isfinite(value):
+                problem = f"non-finite loss {value} (retrieval {retrieval.item()}, rating {rating.item()})"
+            else:
+                loss.backward()
+                # with an infinite max_norm this clips nothing: it is the total gradient norm, computed once
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+                if not math.isfinite(norm):
+                    problem = f"non-finite gradient norm {norm} (loss {value:.4g})"
+            if problem is not None:
+                if not cfg.skip_nonfinite:
+                    raise _NonFinite(problem, step)
+                skipped += 1
+                log(f"epoch {epoch} step {step}: skipped, {problem}")
+                opt.zero_grad(set_to_none=True)
+                continue
             opt.step()
-            totals += [loss.item(), retrieval.item(), rating.item()]
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        n_batches = max(1, len(bar))
-        valid = evaluate_model(model, seqs, "valid", **eval_kw)
-        state["epoch"] = epoch
-        if valid["NDCG@10"] > state["best_ndcg"]:
-            state.update(best_ndcg=valid["NDCG@10"], best_epoch=epoch, stale=0)
-            checkpoint(out_dir / "best.pt")
-        else:
-            state["stale"] += 1
-        checkpoint(out_dir / "last.pt")
-        record = {
-            "epoch": epoch, "loss": totals[0] / n_batches, "retrieval_loss": totals[1] / n_batches,
-            "rating_loss": totals[2] / n_batches, "seconds": round(time.time() - start, 2),
-            **{f"valid_{k}": v for k, v in valid.items()},
-        }
-        _log(out_dir / "log.jsonl", record)
-        log(
-            f"epoch {epoch}: loss {record['loss']:.4f} (retrieval {record['retrieval_loss']:.4f}, rating "
-            f"{record['rating_loss']:.4f}) valid HR@10 {valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f} "
-            f"[{record['seconds']:.1f}s]"
-        )
+            totals += [value, retrieval.item(), rating.item()]
+            done += 1
+            bar.set_postfix(loss=f"{value:.3f}")
+        if done == 0:
+            raise _NonFinite(f"all {skipped} steps of the epoch were non-finite and skipped", 0)
+        bad = non_finite_tensors(model.state_dict())
+        if bad:
+            raise _NonFinite(f"non-finite weights after the epoch's last step ({', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''})", 0)
+        return totals / done, skipped
 
-    best = load_checkpoint(out_dir / "best.pt", map_location=device)
-    model.load_state_dict(best["model"])
-    test = evaluate_model(model, seqs, "test", **eval_kw)
-    pop = evaluate_popularity(seqs, "test", max_seq_len=model_cfg.max_seq_len, **eval_kw)
-    _log(out_dir / "log.jsonl", {"best_epoch": best["state"]["best_epoch"], **{f"test_{k}": v for k, v in test.items()},
-                                 **{f"popularity_{k}": v for k, v in pop.items()}})
-    log(f"best epoch {best['state']['best_epoch']} (checkpoint {out_dir / 'best.pt'})")
+    phase = "setup"
+    try:
+        if state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience:
+            why = (f"{state['epoch']} of {cfg.epochs} epochs done" if state["epoch"] >= cfg.epochs
+                   else f"early-stopped: {state['stale']} epochs without improvement, patience {cfg.patience}")
+            log(f"nothing to train ({why}); testing {out_dir / 'best.pt'}")
+        while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
+            epoch = state["epoch"] + 1
+            phase = f"epoch {epoch}"
+            start = time.time()
+            try:
+                means, skipped = run_epoch(epoch)
+            except _NonFinite as err:
+                raise diverged(err.what, epoch, err.step) from None
+            valid = evaluate_model(model, seqs, "valid", **eval_kw)
+            if valid["non_finite_users"] or not math.isfinite(valid["NDCG@10"]):
+                raise diverged(f"non-finite validation scores for {valid['non_finite_users']} users", epoch, 0)
+            record = {
+                "epoch": epoch, "loss": means[0], "retrieval_loss": means[1], "rating_loss": means[2],
+                "skipped_steps": skipped, "seconds": round(time.time() - start, 2),
+                **{f"valid_{k}": v for k, v in valid.items()},
+            }
+            # log line first, then checkpoints: a resume from an older last.pt drops the extra line
+            with run_folder.interrupts_deferred():
+                improved = valid["NDCG@10"] > state["best_ndcg"]
+                state["epoch"] = epoch
+                if improved:
+                    state.update(best_ndcg=valid["NDCG@10"], best_epoch=epoch, stale=0)
+                else:
+                    state["stale"] += 1
+                run_folder.append_log(out_dir, record)
+                if improved:
+                    checkpoint(out_dir / "best.pt")
+                checkpoint(last_path)
+            log(
+                f"epoch {epoch}: loss {record['loss']:.4f} (retrieval {record['retrieval_loss']:.4f}, rating "
+                f"{record['rating_loss']:.4f}) valid HR@10 {valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f} "
+                f"[{record['seconds']:.1f}s]" + (f" ({skipped} steps skipped)" if skipped else "")
+            )
+
+        phase = "the final test evaluation"
+        best = load_checkpoint(out_dir / "best.pt", map_location=device)
+        model.load_state_dict(best["model"])
+        test = evaluate_model(model, seqs, "test", **eval_kw)
+        pop = evaluate_popularity(seqs, "test", max_seq_len=model_cfg.max_seq_len, **eval_kw)
+    except KeyboardInterrupt:
+        path, done = last_good()
+        held = f"{path} holds epoch {done}" if path else "no checkpoint was written"
+        run_folder.append_log(out_dir, {"event": "interrupted", "during": phase, "last_epoch": done})
+        raise TrainingInterrupted(f"interrupted during {phase} (its partial work is dropped); {held}",
+                                  done, path, out_dir) from None
+    best_epoch = best["state"]["best_epoch"]
+    run_folder.append_log(out_dir, {"best_epoch": best_epoch, **{f"test_{k}": v for k, v in test.items()},
+                                    **{f"popularity_{k}": v for k, v in pop.items()}})
+    log(f"best epoch {best_epoch} (checkpoint {out_dir / 'best.pt'})")
     log(f"test HR@10 {test['HR@10']:.4f}  NDCG@10 {test['NDCG@10']:.4f}  "
         f"(most-popular baseline: HR@10 {pop['HR@10']:.4f}  NDCG@10 {pop['NDCG@10']:.4f})")
-    return {**test, "popularity": pop, "best_epoch": best["state"]["best_epoch"]}
+    return {**test, "popularity": pop, "best_epoch": best_epoch}

@@ -144,6 +144,33 @@ def test_blank_trailing_lines_and_empty_file(tmp_path):
             read_ratings(tmp_path / "ratings.dat", "ml-1m")
 
 
+def test_utf8_bom_is_accepted(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "ratings.dat").write_bytes(bom + ml1m_text(ROWS).encode())
+    (tmp_path / "movies.dat").write_bytes(bom + "10::Café (1999)::Drama\n".encode("utf-8"))
+    df = read_ratings(tmp_path / "ratings.dat", "ml-1m")
+    assert [tuple(r) for r in df.itertuples(index=False)] == ROWS
+    assert read_titles(tmp_path, "ml-1m") == {10: "Café (1999)"}
+
+
+def test_cr_only_line_endings_are_named(tmp_path):
+    (tmp_path / "ratings.dat").write_bytes(ml1m_text(ROWS).replace("\n", "\r").encode())
+    with pytest.raises(ValueError, match="ratings.dat: CR-only line endings"):
+        read_ratings(tmp_path / "ratings.dat", "ml-1m")
+
+
+def test_a_binary_line_is_quoted_short(tmp_path):
+    junk = bytes(range(128, 256)) * 50
+    (tmp_path / "ratings.dat").write_bytes(ml1m_text(ROWS[:1]).encode() + b"1::" + junk + b"::5::100\n")
+    with pytest.raises(ValueError, match="ratings.dat line 2: item is not an integer") as err:
+        read_ratings(tmp_path / "ratings.dat", "ml-1m")
+    assert len(str(err.value)) < 200
+    (tmp_path / "movies.dat").write_bytes(b"10::A::Drama\n" + junk + b"\n")
+    with pytest.raises(ValueError, match="movies.dat line 2") as err:
+        read_titles(tmp_path, "ml-1m")
+    assert len(str(err.value)) < 250
+
+
 def test_titles_latin1(tmp_path):
     write_ml1m(tmp_path / "a", ROWS, {10: "Café (1999)", 20: "Zoë", 30: "X"})
     write_ml100k(tmp_path / "b", ROWS, {10: "Café (1999)", 20: "Zoë"})

@@ -223,7 +223,7 @@ ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(Mov
 
 def test_cli_recommend_prints_the_ranking(checkpoint, capsys):
     args = ["recommend", "--checkpoint", checkpoint["path"], "--user", "3", "-k", "6", "--index", "exact",
-            "--retrieve-k", "15", "--rating-weight", "0.3"]
+            "--retrieve-k", "15", "--blend-weight", "0.3"]
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     header = next(line for line in out if "title" in line)
@@ -253,8 +253,21 @@ def test_cli_recommend_prints_the_ranking(checkpoint, capsys):
 def test_cli_recommend_errors(checkpoint, capsys):
     base = ["recommend", "--checkpoint", checkpoint["path"]]
     assert main([*base, "--user", "999"]) == 2
-    assert "no such user" in capsys.readouterr().err
+    assert "argument --user: no such user 999" in capsys.readouterr().err
     assert main([*base, "--user", "3", "-k", "20", "--retrieve-k", "10"]) == 2
-    assert "retrieve_k" in capsys.readouterr().err
-    assert main([*base, "--user", "3", "--rating-weight", "2"]) == 2
-    assert "rating_weight" in capsys.readouterr().err
+    assert "argument -k: 20 is more than --retrieve-k 10" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--user", "3", "--blend-weight", "2"])
+    assert "argument --blend-weight: must be a finite number in [0, 1]" in capsys.readouterr().err
+
+
+def test_ranker_refuses_non_finite_scores(checkpoint):
+    model = make_model()
+    with torch.no_grad():
+        model.rating_head[-1].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite candidate scores"):
+        Ranker(model, index="exact").rank(*histories())
+    with torch.no_grad():
+        model.encoder.blocks[0].bias.pos_weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite user vectors"):
+        Ranker(model, index="exact").rank(*histories())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from hstu.checkpoint import load_checkpoint
 from hstu.cli import main
 from hstu.train import TrainConfig, train
 
@@ -103,12 +104,12 @@ def test_cli_train_prints_test_metrics(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "epoch 2:" in out and "test HR@10" in out and "NDCG@10" in out
-    cfg = torch.load(tmp_path / "out" / "best.pt", weights_only=False)["model_config"]
+    cfg = load_checkpoint(tmp_path / "out" / "best.pt")["model_config"]
     assert cfg["num_heads"] == 2 and cfg["max_seq_len"] == 8
 
 
 def test_cli_reports_missing_data_clearly(tmp_path, capsys):
-    assert main(["train", "--data-dir", str(tmp_path), "--epochs", "1"]) == 2
+    assert main(["train", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "ratings.dat" in err and "u.data" in err
 

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import io
 import os
+import reprlib
 import tempfile
 import urllib.request
 import zipfile
@@ -32,6 +33,10 @@ ARCHIVES = {
 }
 FIELDS = ("user", "item", "rating", "timestamp")
 DOWNLOAD_TIMEOUT_S = 60
+UTF8_BOM = b"\xef\xbb\xbf"
+# error messages quote a bad field or line at most this long (a binary file has lines of any length)
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = 80
 
 
 class DownloadError(ValueError):
@@ -51,8 +56,20 @@ def detect_format(data_dir: str | os.PathLike) -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
-    # latin-1 decodes any byte, so odd bytes surface as field errors with a line number, not UnicodeError.
-    text = path.read_bytes().decode("latin-1").replace("\r\n", "\n")
+    raw = path.read_bytes()
+    if raw.startswith(UTF8_BOM):
+        # a BOM says the file is UTF-8; latin-1 would keep it as three characters glued to the first field
+        raw = raw[len(UTF8_BOM):]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+    else:
+        # latin-1 decodes any byte, so odd bytes surface as field errors with a line number, not UnicodeError.
+        text = raw.decode("latin-1")
+    text = text.replace("\r\n", "\n")
+    if "\r" in text and "\n" not in text:
+        raise ValueError(f"{path.name}: CR-only line endings (classic Mac OS); convert them to \\n or \\r\\n")
     text = text.removesuffix("\n")
     if not text:
         raise ValueError(f"{path.name}: the file is empty")
@@ -63,9 +80,9 @@ def _parse_int(field: str, name: str, where: str) -> int:
     try:
         value = int(field)
     except ValueError:
-        raise ValueError(f"{where}: {name} is not an integer: {field!r}") from None
+        raise ValueError(f"{where}: {name} is not an integer: {_QUOTE.repr(field)}") from None
     if not -(2**63) <= value < 2**63:
-        raise ValueError(f"{where}: {name} is out of range: {field!r}")
+        raise ValueError(f"{where}: {name} is out of range: {_QUOTE.repr(field)}")
     return value
 
 
@@ -147,7 +164,7 @@ def read_titles(data_dir: str | os.PathLike, fmt: str) -> dict[int, str]:
         fields = line.split(sep)
         # movies.dat is id::title::genres; u.item is id|title|date|url|19 genre flags.
         if (fmt == "ml-1m" and len(fields) != 3) or len(fields) < 3:
-            raise ValueError(f"{where}: expected id{sep}title{sep}... fields, got {line!r}")
+            raise ValueError(f"{where}: expected id{sep}title{sep}... fields, got {_QUOTE.repr(line)}")
         movie = _parse_int(fields[0], "movie id", where)
         if movie in titles:
             raise ValueError(f"{where}: duplicate movie id {movie}")
