@@ -11,7 +11,7 @@ from hstu.checkpoint import load_checkpoint
 from hstu.cli import main
 from hstu.train import TrainConfig, train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SMALL_MODEL = dict(dim=16, num_layers=2, max_seq_len=16, num_negatives=16, dropout=0.0)
 
 

@@ -34,7 +34,7 @@ from hstu.data.sequences import (
     train_windows,
 )
 
-SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ROWS = [(1, 10, 5, 100), (1, 20, 3, 50), (2, 10, 1, 70), (2, 30, 4, 70)]
 
 

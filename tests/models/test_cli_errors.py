@@ -118,7 +118,7 @@ def test_help_does_not_import_torch():
             "for argv in (['--help'], ['train', '--help'], ['eval', '--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("no torch")
