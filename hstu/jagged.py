@@ -4,7 +4,7 @@ import torch
 
 from hstu_kernels import jagged_to_padded
 
-__all__ = ["lengths_to_offsets", "jagged_to_padded", "padded_to_jagged"]
+__all__ = ["lengths_to_offsets", "jagged_to_padded", "padded_to_jagged", "segment_ids", "check_offsets"]
 
 
 def lengths_to_offsets(lengths: torch.Tensor) -> torch.Tensor:
@@ -18,3 +18,20 @@ def padded_to_jagged(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``x [B, T, ...]`` with ``lengths [B]`` -> ``[sum(lengths), ...]`` (rows past each length dropped)."""
     mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
     return x[mask]
+
+
+def segment_ids(offsets: torch.Tensor, total: int) -> torch.Tensor:
+    """``[total]`` the segment (user) index of each row of a jagged tensor with ``offsets [B+1]``."""
+    b = offsets.shape[0] - 1
+    return torch.repeat_interleave(torch.arange(b, device=offsets.device), offsets[1:] - offsets[:-1],
+                                   output_size=total)
+
+
+def check_offsets(name: str, offsets: torch.Tensor, length: int) -> torch.Tensor:
+    """``offsets [B+1]`` as int64, checked to rise from 0 to ``length``; a ValueError naming ``name`` otherwise."""
+    if offsets.dim() != 1 or offsets.shape[0] < 1:
+        raise ValueError(f"{name} must have shape [B+1], got {tuple(offsets.shape)}")
+    offsets = offsets.to(torch.int64)
+    if int(offsets[0]) != 0 or int(offsets[-1]) != length or bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"{name} must rise from 0 to {length} (the number of rows it splits), got {offsets.tolist()}")
+    return offsets

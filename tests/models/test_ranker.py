@@ -8,6 +8,7 @@ import torch
 from test_train import write_synthetic_ml1m
 
 from hstu import serving
+from hstu.serving import retrieval_index
 from hstu.actions import UNKNOWN
 from hstu.checkpoint import save_checkpoint
 from hstu.cli import main
@@ -138,7 +139,7 @@ def test_exact_retrieval_in_user_chunks(monkeypatch):
     model = make_model(num_items=40)
     h = histories(num_items=40)
     want = Ranker(model, index="exact", retrieve_k=8).rank(*h, k=None)
-    monkeypatch.setattr(serving, "_EXACT_CHUNK_ELEMENTS", 90)  # two users per chunk
+    monkeypatch.setattr(retrieval_index, "_EXACT_CHUNK_ELEMENTS", 90)  # two users per chunk
     got = Ranker(model, index="exact", retrieve_k=8).rank(*h, k=None)
     assert got.items.tolist() == want.items.tolist() and got.offsets.tolist() == want.offsets.tolist()
 
@@ -199,7 +200,7 @@ def test_argument_errors(monkeypatch):
         ranker.rank(h[0], h[1], torch.tensor([0, 5, 28]), h[3])
     with pytest.raises(ValueError, match="seen_items and seen_offsets go together"):
         ranker.rank(*h, seen_items=h[0])
-    monkeypatch.setattr(serving, "faiss_available", lambda: False)
+    monkeypatch.setattr(serving.ranker, "faiss_available", lambda: False)
     with pytest.raises(ValueError, match="pip install faiss-cpu"):
         Ranker(model, index="faiss")
     assert Ranker(model).index == "exact"

@@ -1,4 +1,4 @@
-"""The fused Triton backend of ``hstu_attention`` (issue 3) against the naive op computed in float64.
+"""The fused Triton backend of ``hstu_attention`` against the naive op computed in float64.
 
 CPU tier: Triton's interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` when there is no CUDA device),
 tiny jagged batches in fp32 (one fp16 case), forward and all five gradients (q, k, v, pos_weight, time_weight),

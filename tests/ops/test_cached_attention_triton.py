@@ -1,4 +1,4 @@
-"""The Triton backend of ``hstu_cached_attention`` (issue 4) against the naive op computed in float64.
+"""The Triton backend of ``hstu_cached_attention`` against the naive op computed in float64.
 
 CPU tier (``TRITON_INTERPRET=1``, set by ``tests/conftest.py`` without CUDA): small jagged batches in fp32 (one
 fp16 case): users with 0, 1, odd and longer-than-a-block histories, 0, 1 and several blocks of candidates, every
