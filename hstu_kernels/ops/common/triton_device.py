@@ -68,3 +68,20 @@ def time_bias(dt, TW_h, TB, NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr
     for t in tl.static_range(NUM_BOUNDARIES):
         tb = tl.where(dt >= boundary(TB, t, TIME_I32), tl.load(TW_h + t + 1).to(tl.float32), tb)
     return tb
+
+
+@triton.jit
+def program_block(Offsets, block, H, BLOCK: tl.constexpr):
+    """This program's segment ``b`` and head ``h`` (grid axis 0 is ``b * H + h``), the segment's first row and
+    length, and the first in-segment row of its block number ``block``."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    start, n = segment(Offsets, b)
+    return b, pid_bh % H, start, n, block * BLOCK
+
+
+@triton.jit
+def block_rows(start, n, BLOCK: tl.constexpr):
+    """The rows of a block from ``start`` in a segment of length ``n``: (indices, in-segment mask, block end)."""
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < n, tl.minimum(start + BLOCK, n)

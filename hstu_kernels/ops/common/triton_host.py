@@ -38,6 +38,17 @@ def launch(raw_kernel, tuned_kernel, override, grid_len_key, B, H, max_len, args
         raw_kernel[grid](*args, **meta, **blocks, num_warps=warps, num_stages=stages)
 
 
+# the autotune key entries every kernel shares (head dims and the bias / window flags)
+SHARED_KEY = ["BLOCK_DQK", "BLOCK_DV", "HAS_WINDOW", "HAS_POS", "HAS_TIME", "NUM_BOUNDARIES"]
+
+
+def autotuned(kernel, configs, key, prune, **kwargs):
+    """``kernel`` autotuned over ``configs`` keyed on ``key + SHARED_KEY``, pruned by ``prune(configs,
+    named_args, **kwargs)`` before timing (see ``prune_configs``)."""
+    return triton.autotune(configs=configs, key=key + SHARED_KEY, prune_configs_by={"early_config_prune": prune},
+                           **kwargs)(kernel)
+
+
 def next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 

@@ -36,8 +36,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_device import boundary, history_length, segment, sigmoid, tile_mask, time_bias, time_gap
-from ..common.triton_host import launch, length_bucket, next_pow2, prune_configs
+from ..common.triton_device import (
+    block_rows,
+    boundary,
+    history_length,
+    program_block,
+    sigmoid,
+    tile_mask,
+    time_bias,
+    time_gap,
+)
+from ..common.triton_host import autotuned, launch, length_bucket, next_pow2, prune_configs
 from .triton_fwd import _pos_bias, _valid_mask, kernel_flags
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) with BLOCK_M <= BLOCK_N: tests set it to run one config
@@ -139,18 +148,12 @@ def hstu_attention_bwd_kernel(
     INPUT_PRECISION: tl.constexpr, FAST_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     tl.static_assert(BLOCK_M <= BLOCK_N, "the d pos_weight reduction needs BLOCK_M <= BLOCK_N")
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)  # the first key blocks see the most queries: they start first
-    b = pid_bh // H
-    h = pid_bh % H
-    seq_start, n = segment(SeqOffsets, b)
-    start_n = pid_n * BLOCK_N
+    # the first key blocks see the most queries: they start first
+    b, h, seq_start, n, start_n = program_block(SeqOffsets, tl.program_id(1), H, BLOCK_N)
     if start_n >= n:
         return
     u = history_length(NumTargets, b, n, HAS_TARGETS)
-    end_n = tl.minimum(start_n + BLOCK_N, n)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    col_ok = offs_n < n
+    offs_n, col_ok, end_n = block_rows(start_n, n, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     k_mask = tile_mask(col_ok, offs_dqk, DQK, BLOCK_DQK)
@@ -261,13 +264,10 @@ def _prune_bwd(configs, named_args, **kwargs):
     return prune_configs(configs, args, wanted, lambda c: bwd_smem(c, dqk, dv, elem))
 
 
-hstu_attention_bwd_kernel_tuned = triton.autotune(
-    configs=_bwd_configs(),
-    key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
-         "NUM_BOUNDARIES", "COMPUTE_DPW", "COMPUTE_DTW"],
-    prune_configs_by={"early_config_prune": _prune_bwd},
-    reset_to_zero=["DQ", "DPW", "DTW"],
-)(hstu_attention_bwd_kernel)
+hstu_attention_bwd_kernel_tuned = autotuned(
+    hstu_attention_bwd_kernel, _bwd_configs(), ["AUTOTUNE_LEN", "HAS_TARGETS", "COMPUTE_DPW", "COMPUTE_DTW"],
+    _prune_bwd, reset_to_zero=["DQ", "DPW", "DTW"],
+)
 
 
 def hstu_attention_bwd(do, q, k, v, seq_offsets, max_seq_len, max_len, *, alpha, scale, timestamps=None,

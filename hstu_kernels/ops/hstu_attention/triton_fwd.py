@@ -38,9 +38,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_device import history_length, segment, sigmoid, tile_mask, time_bias, time_gap
+from ..common.triton_device import (
+    block_rows,
+    history_length,
+    program_block,
+    sigmoid,
+    tile_mask,
+    time_bias,
+    time_gap,
+)
 from ..common.triton_host import (
     INTERPRET,
+    autotuned,
     launch,
     length_bucket,
     next_pow2,
@@ -132,18 +141,12 @@ def hstu_attention_fwd_kernel(
     NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     FAST_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (most expensive) query blocks first
-    b = pid_bh // H
-    h = pid_bh % H
-    seq_start, n = segment(SeqOffsets, b)
-    start_m = pid_m * BLOCK_M
+    # the longest (most expensive) query blocks first
+    b, h, seq_start, n, start_m = program_block(SeqOffsets, tl.num_programs(1) - 1 - tl.program_id(1), H, BLOCK_M)
     if start_m >= n:
         return
     u = history_length(NumTargets, b, n, HAS_TARGETS)
-    end_m = tl.minimum(start_m + BLOCK_M, n)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < n
+    offs_m, row_ok, end_m = block_rows(start_m, n, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_mask = tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
@@ -256,12 +259,9 @@ def _prune_fwd(configs, named_args, **kwargs):
     return prune_configs(configs, args, wanted, lambda c: tile_smem(c, dqk, dv, elem))
 
 
-hstu_attention_fwd_kernel_tuned = triton.autotune(
-    configs=_fwd_configs(),
-    key=["AUTOTUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
-         "NUM_BOUNDARIES"],
-    prune_configs_by={"early_config_prune": _prune_fwd},
-)(hstu_attention_fwd_kernel)
+hstu_attention_fwd_kernel_tuned = autotuned(
+    hstu_attention_fwd_kernel, _fwd_configs(), ["AUTOTUNE_LEN", "HAS_TARGETS"], _prune_fwd
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------

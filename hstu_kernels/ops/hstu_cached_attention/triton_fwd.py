@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common.triton_device import segment, sigmoid, tile_mask, time_bias, time_gap
+from ..common.triton_device import block_rows, program_block, segment, sigmoid, tile_mask, time_bias, time_gap
 from ..common.triton_host import (
     INTERPRET,
+    autotuned,
     launch,
     length_bucket,
     next_pow2,
@@ -44,17 +45,12 @@ def hstu_cached_attention_fwd_kernel(
     NUM_BOUNDARIES: tl.constexpr, TIME_I32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     FAST_SIGMOID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    b = pid_bh // H
-    h = pid_bh % H
-    c0, nc = segment(CandOffsets, b)
-    start_m = tl.program_id(1) * BLOCK_M
+    b, h, c0, nc, start_m = program_block(CandOffsets, tl.program_id(1), H, BLOCK_M)
     if start_m >= nc:
         return
     h0, m = segment(CacheOffsets, b)
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < nc
+    offs_m, row_ok, _ = block_rows(start_m, nc, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     qk_mask = tile_mask(row_ok, offs_dqk, DQK, BLOCK_DQK)
@@ -144,18 +140,15 @@ def _prune(configs, named_args, **kwargs):
     return prune_configs(configs, args, wanted, lambda c: tile_smem(c, dqk, dv, elem))
 
 
-hstu_cached_attention_fwd_kernel_tuned = triton.autotune(
-    configs=_configs(),
-    key=["AUTOTUNE_HIST", "AUTOTUNE_CANDS", "BLOCK_DQK", "BLOCK_DV", "HAS_WINDOW", "HAS_POS", "HAS_TIME",
-         "NUM_BOUNDARIES"],
-    prune_configs_by={"early_config_prune": _prune},
-)(hstu_cached_attention_fwd_kernel)
+hstu_cached_attention_fwd_kernel_tuned = autotuned(
+    hstu_cached_attention_fwd_kernel, _configs(), ["AUTOTUNE_HIST", "AUTOTUNE_CANDS"], _prune
+)
 
 
-def hstu_cached_attention_fwd(q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, max_cands, max_hist,
-                         *, alpha, scale, timestamps=None, query_timestamps=None, cache_timestamps=None,
-                         pos_weight=None, time_weight=None, time_boundaries=None, max_attn_len=0,
-                         fp32_precision="ieee"):
+def hstu_cached_attention_fwd(q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, max_seq_len, max_cands,
+                              max_hist, *, alpha, scale, timestamps=None, query_timestamps=None,
+                              cache_timestamps=None, pos_weight=None, time_weight=None, time_boundaries=None,
+                              max_attn_len=0, fp32_precision="ieee"):
     """Launch the kernel. Tensors need a unit last-dim stride; returns ``[C, H, Dv]`` in q's dtype."""
     C, H, DQK = q.shape
     DV = v.shape[2]
