@@ -14,8 +14,8 @@ catalogue without replacement. Methods, all through the encoder (the heads are t
 
 Every method uses the same attention backend: ``--fused`` (the default when CUDA is available) runs
 ``HSTUEncoder(fused=True)`` (Triton attention in ``forward``/``prefill``, the Triton cached-attention kernel in
-``score_candidates``); otherwise the PyTorch reference ops. The backend files that actually
-ran are recorded (``backends_ran``). On a GPU the default dtype is bf16 autocast (as in training), on a CPU fp32.
+``score_candidates``); otherwise the PyTorch reference ops. The backend files that actually ran are recorded
+(``backends_ran``). On a GPU the default dtype is bf16 autocast (as in training), on a CPU fp32.
 
 Before timing, the three methods' candidate outputs are compared at one m (the smallest): naive and every
 M-FALCON b_m against the one-pass forward; the bench stops with an AssertionError if they disagree.
