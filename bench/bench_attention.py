@@ -1,11 +1,11 @@
-"""Benchmark of HSTU attention backends (issue 3): naive op, fused Triton kernels, SDPA yardstick, CUDA backend.
+"""Benchmark of HSTU attention backends: naive op, fused Triton kernels, SDPA yardstick, CUDA backend.
 
 Providers:
     naive   the PyTorch reference op (``backend="torch"``: pads to N x N, fp32 compute)
     triton  the fused Triton kernels (``backend="triton"``), position + time bias computed in-kernel
     sdpa    ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)`` on the padded [B, H, N, D] batch:
             causal softmax, no bias; the FlashAttention-class yardstick
-    cuda    the CUDA backend, once it exists (skipped while ``backend_reasons`` objects)
+    cuda    the CUDA backend (skipped where ``backend_reasons`` gives a reason it cannot run)
 
 Modes fwd, bwd (backward only, from a stored forward graph), fwd+bwd. For each it reports the median time
 (``triton.testing.do_bench``), TFLOP/s with causal forward FLOPs = 2 * H * D * sum(n^2) (backward 2.5x, fwd+bwd 3.5x;
@@ -18,19 +18,17 @@ on a sub-batch); a shape that fails is reported with ``correct = False`` and no 
 ``bench/results/attention_<device>_<time>.{csv,json}`` (the JSON header holds device, torch/triton versions) and a
 plot (if matplotlib is installed).
 
-    python bench/bench_attention.py              # the issue's shapes
+    python bench/bench_attention.py              # the five shapes of SHAPES
     python bench/bench_attention.py --quick      # a small smoke run
     python bench/bench_attention.py --compile-check [--dtype fp32] [--shapes 1,1,1,64]   # no GPU needed:
         # compile every autotune config for sm_90 and print ptxas' registers / spills and the shared memory
 """
 
 import argparse
-import csv
 import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.common import Timer, env_header, grouped_bars, pyplot, save_figure, write_results
 
 SHAPES = [(128, 200, 1, 64), (256, 256, 4, 128), (64, 1024, 4, 128), (16, 4096, 4, 128), (8, 8192, 4, 128)]
 QUICK_SHAPES = [(8, 200, 1, 64), (4, 1024, 2, 128)]
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes and fewer repetitions: a smoke run")
     p.add_argument("--shapes", type=str, default=None,
-                   help="semicolon-separated B,N,H,D shapes (default: the issue's five)")
+                   help="semicolon-separated B,N,H,D shapes (default: the five of the full sweep)")
     p.add_argument("--providers", type=str, default=",".join(PROVIDERS), help="comma-separated providers")
     p.add_argument("--modes", type=str, default=",".join(MODES), help="comma-separated modes")
     p.add_argument("--batches", type=str, default="full,jagged", help="full and/or jagged")
@@ -70,14 +70,6 @@ def parse_args(argv=None):
     p.add_argument("--max-configs", type=int, default=None,
                    help="with --compile-check: only the first configs of each kernel")
     return p.parse_args(argv)
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def make_batch(torch, B, N, H, D, *, jagged, dtype, ts_dtype, bias, seed, device="cuda"):
@@ -151,7 +143,7 @@ def provider_fn(torch, provider, batch, lengths, N):
 
 
 def time_mode(torch, do_bench, run, leaves, mode, quick):
-    """Median ms and peak memory (MiB above what was allocated before) of one mode."""
+    """Median ms (``do_bench``) and peak memory (MiB above what was allocated before, one run) of one mode."""
     rep, warmup = (20, 5) if quick else (100, 25)
 
     def zero_grads():
@@ -177,14 +169,14 @@ def time_mode(torch, do_bench, run, leaves, mode, quick):
     if mode == "fwd+bwd":
         with torch.no_grad():
             grad = torch.randn_like(run())
-    torch.cuda.synchronize()
+    timer = Timer(torch, torch.device("cuda"))
+    timer.sync()
     ms = do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+    timer.sync()
+    base = timer.peak_reset()
     fn()
-    torch.cuda.synchronize()
-    peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    timer.sync()
+    peak_mib = timer.peak_mib(base)
     zero_grads()
     return ms, peak_mib
 
@@ -320,7 +312,6 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU (none found); run it on a GPU machine, --help works anywhere")
     try:
-        import triton
         from triton.testing import do_bench
     except ImportError:
         sys.exit("bench_attention.py needs triton (pip install triton)")
@@ -340,13 +331,10 @@ def main(argv=None):
     if args.quick:
         batches = batches[:1] if len(batches) > 1 else batches
 
-    device = torch.cuda.get_device_name()
-    header = dict(
-        device=device, capability=".".join(map(str, torch.cuda.get_device_capability())), torch=torch.__version__,
-        triton=triton.__version__, cuda=torch.version.cuda, python=platform.python_version(), commit=git_commit(),
-        date=datetime.datetime.now().isoformat(timespec="seconds"), dtype=args.dtype, ts_dtype=args.ts_dtype,
-        bias=not args.no_bias, boundaries=list(BOUNDARIES), quick=args.quick,
-    )
+    header = env_header(torch, torch.device("cuda"))
+    device = header["device"]
+    header.update(dtype=args.dtype, ts_dtype=args.ts_dtype, bias=not args.no_bias, boundaries=list(BOUNDARIES),
+                  quick=args.quick)
     print(json.dumps(header))
     rows = []
     for B, N, H, D in shapes:
@@ -399,60 +387,40 @@ def main(argv=None):
             del batch
 
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = "attention_{}_{}{}".format(
         device.replace(" ", "_").replace("/", "_"), datetime.datetime.now().strftime("%Y%m%d_%H%M%S"),
         "_quick" if args.quick else "")
     fields = ["B", "N", "H", "D", "batch", "provider", "mode", "tokens", "ms", "tflops", "peak_mib", "correct",
               "speedup_vs_naive", "speedup_vs_sdpa", "error"]
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
-        f.write("# " + json.dumps(header) + "\n")
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    with open(out_dir / f"{stem}.json", "w") as f:
-        json.dump(dict(header=header, rows=rows), f, indent=1)
-    print(f"wrote {out_dir / stem}.csv and .json")
+    write_results(out_dir, stem, dict(header=header, rows=rows), fields)
     if not args.no_plot:
         plot(rows, out_dir / f"{stem}.png", header)
 
 
 def plot(rows, path, header):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
+    """TFLOP/s bars of each provider over the shapes, one panel per batch kind and mode."""
+    plt = pyplot()
+    if plt is None:
         return
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     kinds = sorted({r["batch"] for r in rows})
     fig, axes = plt.subplots(len(kinds), len(modes), figsize=(5 * len(modes), 4 * len(kinds)), squeeze=False)
     shapes = sorted({(r["B"], r["N"], r["H"], r["D"]) for r in rows}, key=lambda s: s[1])
     labels = [f"{b}x{n}\nH{h} D{d}" for b, n, h, d in shapes]
+    providers = sorted({r["provider"] for r in rows})
     for i, kind in enumerate(kinds):
         for j, mode in enumerate(modes):
-            ax = axes[i][j]
-            providers = sorted({r["provider"] for r in rows})
-            width = 0.8 / max(1, len(providers))
-            for p_i, provider in enumerate(providers):
+            series = {}
+            for provider in providers:
                 ys = []
                 for s in shapes:
                     r = next((r for r in rows if (r["B"], r["N"], r["H"], r["D"]) == s and r["batch"] == kind
                               and r["mode"] == mode and r["provider"] == provider), None)
                     ys.append(r["tflops"] if r and r["tflops"] else 0.0)
-                ax.bar([x + p_i * width for x in range(len(shapes))], ys, width, label=provider)
-            ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))])
-            ax.set_xticklabels(labels, fontsize=7)
-            ax.set_title(f"{mode}, {kind} batch")
-            ax.set_ylabel("TFLOP/s")
-            ax.legend(fontsize=7)
+                series[provider] = ys
+            grouped_bars(axes[i][j], labels, series, "TFLOP/s", f"{mode}, {kind} batch")
     fig.suptitle(f"HSTU attention, {header['device']}, {header['dtype']}, bias={'on' if header['bias'] else 'off'}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    save_figure(plt, fig, path)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,13 @@ import os
 import statistics
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import table
 
 
 def _latest(work, pattern):
@@ -120,21 +127,13 @@ def train_line(work):
     return "train", "ok", "; ".join(parts)
 
 
-def _table(headers, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    fmt = " | ".join("{:<%d}" % w for w in widths)
-    lines = [fmt.format(*headers), "-+-".join("-" * w for w in widths)]
-    lines += [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(lines)
-
-
 def summarise(work):
     att_line, att_rows = attention_rows(work)
     stages = [env_line(work), tests_line(work), att_line, mfalcon_line(work), train_line(work)]
-    text = _table(["stage", "status", "result"], stages)
+    text = table(["stage", "status", "result"], stages)
     if att_rows:
-        text += "\n\n" + _table(["shape", "batch", "mode", "triton ms", "triton TFLOP/s", "sdpa TFLOP/s", "correct"],
-                                att_rows)
+        text += "\n\n" + table(["shape", "batch", "mode", "triton ms", "triton TFLOP/s", "sdpa TFLOP/s", "correct"],
+                               att_rows)
     return text
 
 
