@@ -214,7 +214,7 @@ def download(dataset: str, dest: str | os.PathLike, opener=None) -> Path:
         # from None: one message says it all, the low-level traceback of a missing network does not help.
         raise DownloadError(
             f"could not download {dataset} from {url} ({type(err).__name__}: {err}). Without network, put "
-            f"{RATINGS_FILE[dataset]} and {MOVIES_FILE[dataset]} in {dest}, or pass --data-dir / set "
+            f"{RATINGS_FILE[dataset]} and {MOVIES_FILE[dataset]} in {dest}, or give a data folder (data_dir) / set "
             f"HSTU_DATA_DIR to a folder holding them"
         ) from None
     if got != md5:

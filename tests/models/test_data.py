@@ -385,7 +385,7 @@ def test_download_network_failure(tmp_path, monkeypatch, error):
     assert isinstance(err.value, ValueError) and err.value.__cause__ is None
     msg = str(err.value)
     cache = tmp_path / "hstu" / "ml-1m"
-    for part in ("could not download", str(cache), "ratings.dat", "--data-dir", "HSTU_DATA_DIR"):
+    for part in ("could not download", str(cache), "ratings.dat", "data_dir", "HSTU_DATA_DIR"):
         assert part in msg
     assert list(cache.iterdir()) == []
 
