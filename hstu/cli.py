@@ -269,8 +269,12 @@ def _run(args) -> int:
         say(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}")
         return EXIT_FAILED
     except RuntimeError as err:
+        from .distributed import RankLost
         from .train import TrainingDiverged
 
+        if isinstance(err, RankLost):
+            say(f"error: {err}")
+            return EXIT_FAILED
         if not isinstance(err, TrainingDiverged):
             raise
         say(f"error: {err}")
