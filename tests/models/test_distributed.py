@@ -119,3 +119,22 @@ def test_a_killed_rank_ends_the_other_with_a_message(data, tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.communicate()
+
+
+def test_a_one_process_run_resumes_on_two_ranks(data, tmp_path):
+    model = dict(dim=16, num_layers=1, max_seq_len=8, num_negatives=8, dropout=0.0)
+    base = dict(data_dir=str(data), batch_size=4, device="cpu", progress=False, patience=100, model=model)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(TrainConfig(**base, output_dir=str(straight), epochs=2), log=lambda *_: None)
+    train(TrainConfig(**base, output_dir=str(resumed), epochs=1), log=lambda *_: None)
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "hstu", "train", "--output-dir", str(resumed), "--resume",
+           "--epochs", "2", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env(HSTU_DIST_TIMEOUT="60"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout
+    a, b = load_checkpoint(straight / "last.pt")["model"], load_checkpoint(resumed / "last.pt")["model"]
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert [r["epoch"] for r in records(resumed) if "epoch" in r] == [1, 2]
