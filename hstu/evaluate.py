@@ -1,4 +1,10 @@
-"""Full-ranking evaluation over all items (HR@K, NDCG@K, MRR) plus the rating head's RMSE/MAE."""
+"""Full-ranking evaluation over all items (HR@K, NDCG@K, MRR) plus the rating head's RMSE/MAE.
+
+Everything per batch stays on the scores' device: the seen-item mask is scattered there from the users' event
+lists, and each target's rank is counted there (how many candidates beat it), so only ``[B]`` ranks per batch are
+kept and no ``[B, num_items]`` matrix crosses to or from the host. Counting gives the exact rank that MRR needs
+and the documented tie order, which a ``topk`` (ties in any order, nothing past K) would not.
+"""
 
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -8,8 +14,24 @@ from tqdm.auto import tqdm
 
 from .config import Range
 from .data.batching import JaggedBatch, eval_batch
-from .data.sequences import seen_mask, train_item_counts
+from .data.sequences import train_item_counts
 from .metrics import non_finite_rows, ranking_metrics, ranking_sums, target_ranks
+
+
+def seen_mask_on(seqs, users: np.ndarray, ends: np.ndarray, width: int, device) -> torch.Tensor:
+    """``data.sequences.seen_mask`` built on ``device``: bool ``[len(users), width]`` marking the items of each
+    user's events ``[0, ends[i])``. Only the ``sum(ends)`` (row, item) pairs are sent, not the dense mask."""
+    users = np.asarray(users, dtype=np.int64)
+    counts = np.asarray(ends, dtype=np.int64)
+    if ((counts < 0) | (counts > seqs.lengths()[users])).any():
+        raise ValueError("ends must lie in 0..n for each user")
+    first = np.cumsum(counts) - counts
+    idx = np.arange(counts.sum()) - np.repeat(first - seqs.offsets[users], counts)
+    rows = torch.from_numpy(np.repeat(np.arange(len(users)), counts)).to(device)
+    items = torch.from_numpy(seqs.items[idx].astype(np.int64)).to(device)
+    mask = torch.zeros(len(users), width, dtype=torch.bool, device=device)
+    mask[rows, items] = True
+    return mask
 
 
 ScoreFn = Callable[[JaggedBatch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -52,7 +74,7 @@ def rank_targets(
         rows = batch.target_rows()
         targets = batch.items[rows]
         if filter_seen:
-            exclude = torch.from_numpy(seen_mask(seqs, batch.users, batch.target_index)).to(device)
+            exclude = seen_mask_on(seqs, batch.users, batch.target_index, scores.shape[1], scores.device)
         else:
             exclude = torch.zeros_like(scores, dtype=torch.bool)
         exclude[:, 0] = True
