@@ -15,7 +15,7 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 TRAIN_HELP = {
     "epochs": "most epochs to train",
-    "batch_size": "users per training batch",
+    "batch_size": "users per training batch (under torchrun: the global batch, split across the ranks)",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "rating_loss_weight": "weight of the rating loss (MSE of the rating head) added to the retrieval loss",

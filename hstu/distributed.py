@@ -97,23 +97,26 @@ def from_env() -> Context:
     return Context(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def start(device: torch.device) -> Context:
-    """The environment's context with its process group up: NCCL for a CUDA device, gloo otherwise.
+def start(device: torch.device):
+    """``(context, device)``: the environment's context with its process group up (NCCL for a CUDA device,
+    gloo otherwise) and this rank's device (``rank_device``).
 
     A group already initialised (by the caller) is used as it is and left to the caller to destroy.
     """
     if dist.is_initialized():
-        return Context(rank=dist.get_rank(), world=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        ctx = Context(rank=dist.get_rank(), world=dist.get_world_size(),
+                      local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        return ctx, rank_device(device, ctx)
     ctx = from_env()
     if not ctx.active:
-        return ctx
+        return ctx, device
+    device = rank_device(device, ctx)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world,
                             timeout=datetime.timedelta(seconds=timeout_seconds()),
                             **({"device_id": device} if device.type == "cuda" else {}))
     ctx.owns_group = True
-    return ctx
+    return ctx, device
 
 
 def rank_device(device: torch.device, ctx: Context) -> torch.device:

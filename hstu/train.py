@@ -211,9 +211,9 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
     changes the model or data, ``TrainingDiverged`` and ``TrainingInterrupted`` (see the module docstring).
     """
     device = resolve_device(cfg.device)
-    ctx = distributed.start(device)
+    ctx, device = distributed.start(device)
     try:
-        return _train(cfg, log, distributed.rank_device(device, ctx), ctx)
+        return _train(cfg, log, device, ctx)
     except torch.distributed.DistError as err:
         # DDP's gradient all-reduce fails inside backward(), outside the collectives hstu.distributed guards
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
