@@ -138,3 +138,18 @@ def test_a_one_process_run_resumes_on_two_ranks(data, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
     assert [r["epoch"] for r in records(resumed) if "epoch" in r] == [1, 2]
+
+
+def test_a_plain_process_is_single_and_the_timeout_is_checked(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = distributed.from_env()
+    assert not ctx.active and ctx.is_main and ctx.shard(5) == slice(0, 5)
+    values = torch.ones(3)
+    assert ctx.all_reduce_sum(values) is values and values.tolist() == [1, 1, 1]
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "20")
+    assert distributed.timeout_seconds() == 20
+    for bad in ("soon", "0", "-3"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=distributed.TIMEOUT_ENV):
+            distributed.timeout_seconds()
