@@ -67,6 +67,8 @@ class Context:
         try:
             return op()
         except RuntimeError as err:
+            if not is_comm_error(err):
+                raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RankLost(lost_message(self, what, first)) from None
 
@@ -82,6 +84,17 @@ class Context:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+
+
+COMM_MARKERS = ("gloo", "nccl", "c10d", "timed out", "connection", "broken pipe")
+
+
+def is_comm_error(err: BaseException) -> bool:
+    """Whether ``err`` is a failed collective: a ``DistError``, or a RuntimeError of the gloo / NCCL transport
+    (gloo's send timeouts reach DDP's own collectives as plain RuntimeErrors)."""
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in COMM_MARKERS)
 
 
 def lost_message(ctx: "Context", what: str, cause: str) -> str:

@@ -181,6 +181,17 @@ def _prepare_folder(out_dir, cfg, ckpt, state, applied, model_cfg, meta, log, ct
                                         **({"ranks": ctx.world} if ctx.active else {})})
 
 
+def _data_parallel(model):
+    """``model`` under DDP without the buffer broadcast before each step: its buffers are constants built alike
+    on every rank (the name of that switch changed in torch 2.13)."""
+    import inspect
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else "broadcast_buffers")
+    return ddp(model, **{no_sync: False})
+
+
 def _sharded_losses(model, ctx, batch, out, rating_pred, tgt, batch_users: int, device):
     """This rank's retrieval and rating losses as its share of the global batch's means: sums over its tokens
     divided by the global counts, times the rank count (DDP averages the ranks' gradients).
@@ -214,8 +225,10 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
     ctx, device = distributed.start(device)
     try:
         return _train(cfg, log, device, ctx)
-    except torch.distributed.DistError as err:
-        # DDP's gradient all-reduce fails inside backward(), outside the collectives hstu.distributed guards
+    except RuntimeError as err:
+        # DDP's own collectives (the gradient all-reduce in backward()) fail outside those hstu.distributed guards
+        if not (ctx.active and distributed.is_comm_error(err)) or isinstance(err, distributed.RankLost):
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise distributed.RankLost(distributed.lost_message(ctx, "training", first)) from None
     finally:
@@ -272,7 +285,7 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
     if main:
         _prepare_folder(out_dir, cfg, ckpt, state, applied, model_cfg, meta, log, ctx)
     # the whole model is replicated; DDP broadcasts rank 0's weights and averages the gradients
-    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.active else model
+    net = _data_parallel(model) if ctx.active else model
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
     eval_kw = dict(batch_size=cfg.eval_batch_size, device=device, progress=cfg.progress and main, ctx=ctx)

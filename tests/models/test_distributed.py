@@ -114,6 +114,7 @@ def test_a_killed_rank_ends_the_other_with_a_message(data, tmp_path):
         assert time.time() - start < 60
         assert procs[0].returncode == 1, err[-2000:]
         assert "rank 0 of 2: lost the other ranks" in err and "HSTU_DIST_TIMEOUT" in err, err[-2000:]
+        assert "Traceback" not in err, err[-2000:]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -153,3 +154,33 @@ def test_a_plain_process_is_single_and_the_timeout_is_checked(monkeypatch):
         monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
         with pytest.raises(ValueError, match=distributed.TIMEOUT_ENV):
             distributed.timeout_seconds()
+
+
+def test_a_stalled_rank_times_the_other_out_with_a_message(data, tmp_path):
+    out = tmp_path / "out"
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        e = env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port), HSTU_DIST_TIMEOUT="8")
+        procs.append(subprocess.Popen([sys.executable, "-m", "hstu", *train_args(data, out, "--epochs", "500",
+                                                                                 "--patience", "500")],
+                                      env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        while not ((out / "log.jsonl").is_file() and '"epoch"' in (out / "log.jsonl").read_text()):
+            assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
+            assert time.time() < deadline, "no epoch finished within 120 s"
+            time.sleep(0.2)
+        # stopped, not dead: its sockets stay open, so only the timeout can end the wait
+        procs[1].send_signal(signal.SIGSTOP)
+        start = time.time()
+        _, err = procs[0].communicate(timeout=90)
+        assert 5 < time.time() - start < 60
+        assert procs[0].returncode == 1, err[-2000:]
+        assert "rank 0 of 2: lost the other ranks" in err and "Traceback" not in err, err[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
