@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import Timer, env_header, median, slug, write_results  # noqa: E402
+from bench.common import Timer, env_header, median, slug, write_results
 
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "ml-1m-half"
 FIELDS = ("batch_size", "users", "median_s", "users_per_s", "runs_s", "peak_mib", "NDCG@10")
@@ -68,7 +68,7 @@ def main(argv=None):
     for bs in (int(x) for x in args.batch_size.split(",")):
         metrics = {}
 
-        def run():
+        def run(metrics=metrics, bs=bs):
             metrics.update(evaluate_model(model, seqs, args.split, batch_size=bs, device=device))
 
         base = timer.peak_reset()

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "models"))
 
-from test_train import write_synthetic_ml1m  # noqa: E402
+from test_train import write_synthetic_ml1m
 
 
 def test_bench_eval_writes_users_per_second(tmp_path):

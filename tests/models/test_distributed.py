@@ -71,7 +71,8 @@ def test_two_ranks_train_the_same_run_as_one_process(data, tmp_path):
     ddp = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "hstu", *train_args(data, ddp, "--epochs", "1")]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env(HSTU_DIST_TIMEOUT="60"))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
+                         env=env(HSTU_DIST_TIMEOUT="60"))
     assert res.returncode == 0, res.stderr[-3000:]
     # rank 0 alone prints
     assert res.stdout.count("test HR@10") == 1 and "data-parallel: 2 ranks (gloo)" in res.stdout
@@ -80,7 +81,7 @@ def test_two_ranks_train_the_same_run_as_one_process(data, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
     one, two = records(single), records(ddp)
-    epoch1, epoch2 = [r for r in one if r.get("epoch") == 1][0], [r for r in two if r.get("epoch") == 1][0]
+    epoch1, epoch2 = (next(r for r in log if r.get("epoch") == 1) for log in (one, two))
     for key in ("loss", "retrieval_loss", "rating_loss", "valid_HR@10", "valid_NDCG@10", "valid_MRR",
                 "valid_RMSE", "valid_MAE", "valid_users"):
         assert epoch2[key] == pytest.approx(epoch1[key], rel=1e-4, abs=1e-6), key
@@ -132,7 +133,8 @@ def test_a_one_process_run_resumes_on_two_ranks(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "hstu", "train", "--output-dir", str(resumed), "--resume",
            "--epochs", "2", "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env(HSTU_DIST_TIMEOUT="60"))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
+                         env=env(HSTU_DIST_TIMEOUT="60"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout
     a, b = load_checkpoint(straight / "last.pt")["model"], load_checkpoint(resumed / "last.pt")["model"]
