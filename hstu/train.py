@@ -324,7 +324,7 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
                 # this short, and its draws are made all the same, so the next epoch starts alike
                 training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng)
                 torch.randint(1, model_cfg.num_items + 1, (2 * len(users), model_cfg.num_negatives), device=device)
-                log(f"epoch {epoch} step {step}: dropped, {len(users)} users for {ctx.world} ranks")
+                log(f"epoch {epoch} step {step}: dropped, {len(users)} user{'s' * (len(users) > 1)} for {ctx.world} ranks")
                 continue
             part = ctx.shard(len(users))
             batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng, part).to(device)

@@ -186,3 +186,15 @@ def test_a_stalled_rank_times_the_other_out_with_a_message(data, tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.communicate()
+
+
+def test_a_last_batch_smaller_than_the_rank_count_is_dropped_and_logged(tmp_path):
+    # 13 users in batches of 4: one batch of a single user, which 2 ranks cannot share
+    data = write_synthetic_ml1m(tmp_path / "data", users=13, length=8)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "hstu", *train_args(data, tmp_path / "out", "--epochs", "1")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
+                         env=env(HSTU_DIST_TIMEOUT="60"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("dropped, 1 user for 2 ranks") == 1
+    assert next(r for r in records(tmp_path / "out") if r.get("epoch") == 1)["valid_users"] == 13
