@@ -15,7 +15,7 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 TRAIN_HELP = {
     "epochs": "most epochs to train",
-    "batch_size": "users per training batch",
+    "batch_size": "users per training batch (under torchrun: the global batch, split across the ranks)",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "rating_loss_weight": "weight of the rating loss (MSE of the rating head) added to the retrieval loss",
@@ -269,8 +269,12 @@ def _run(args) -> int:
         say(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}")
         return EXIT_FAILED
     except RuntimeError as err:
+        from .distributed import RankLost
         from .train import TrainingDiverged
 
+        if isinstance(err, RankLost):
+            say(f"error: {err}")
+            return EXIT_FAILED
         if not isinstance(err, TrainingDiverged):
             raise
         say(f"error: {err}")

@@ -1,4 +1,10 @@
-"""Full-ranking evaluation over all items (HR@K, NDCG@K, MRR) plus the rating head's RMSE/MAE."""
+"""Full-ranking evaluation over all items (HR@K, NDCG@K, MRR) plus the rating head's RMSE/MAE.
+
+Everything per batch stays on the scores' device: the seen-item mask is scattered there from the users' event
+lists, and each target's rank is counted there (how many candidates beat it), so only ``[B]`` ranks per batch are
+kept and no ``[B, num_items]`` matrix crosses to or from the host. Counting gives the exact rank that MRR needs
+and the documented tie order, which a ``topk`` (ties in any order, nothing past K) would not.
+"""
 
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -8,8 +14,24 @@ from tqdm.auto import tqdm
 
 from .config import Range
 from .data.batching import JaggedBatch, eval_batch
-from .data.sequences import seen_mask, train_item_counts
-from .metrics import non_finite_rows, ranking_metrics, target_ranks
+from .data.sequences import train_item_counts
+from .metrics import non_finite_rows, ranking_metrics, ranking_sums, target_ranks
+
+
+def seen_mask_on(seqs, users: np.ndarray, ends: np.ndarray, width: int, device) -> torch.Tensor:
+    """``data.sequences.seen_mask`` built on ``device``: bool ``[len(users), width]`` marking the items of each
+    user's events ``[0, ends[i])``. Only the ``sum(ends)`` (row, item) pairs are sent, not the dense mask."""
+    users = np.asarray(users, dtype=np.int64)
+    counts = np.asarray(ends, dtype=np.int64)
+    if ((counts < 0) | (counts > seqs.lengths()[users])).any():
+        raise ValueError("ends must lie in 0..n for each user")
+    first = np.cumsum(counts) - counts
+    idx = np.arange(counts.sum()) - np.repeat(first - seqs.offsets[users], counts)
+    rows = torch.from_numpy(np.repeat(np.arange(len(users)), counts)).to(device)
+    items = torch.from_numpy(seqs.items[idx].astype(np.int64)).to(device)
+    mask = torch.zeros(len(users), width, dtype=torch.bool, device=device)
+    mask[rows, items] = True
+    return mask
 
 
 ScoreFn = Callable[[JaggedBatch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -27,6 +49,7 @@ def rank_targets(
     filter_seen: bool = True,
     ks: Iterable[int] = (10, 50, 200),
     progress: bool = False,
+    ctx=None,
 ) -> Dict[str, float]:
     """Rank every item for each user's ``split`` target and summarise.
 
@@ -34,19 +57,24 @@ def rank_targets(
     ``device``). Item 0 (padding) is never a candidate; with ``filter_seen`` neither is any item the user
     already interacted with (the target excepted). A non-finite score ranks below every finite one (a target
     scored NaN ranks last); ``"non_finite_users"`` counts the users with any non-finite candidate score.
+
+    ``ctx`` (a data-parallel ``hstu.distributed.Context``): this rank ranks its shard of the users, and the
+    metrics' sums and counts are summed across the ranks, so every rank returns the metrics of all users.
     """
     Range(int, 1).check("batch_size", batch_size)
     all_ranks, sq_err, abs_err = [], [], []
     non_finite = 0
-    starts = range(0, len(seqs), batch_size)
+    distributed = ctx is not None and ctx.active
+    mine = np.arange(len(seqs))[ctx.shard(len(seqs))] if distributed else np.arange(len(seqs))
+    starts = range(0, len(mine), batch_size)
     for start in tqdm(starts, desc=f"eval {split}", disable=not progress, leave=False):
-        users = np.arange(start, min(start + batch_size, len(seqs)))
+        users = mine[start:start + batch_size]
         batch = eval_batch(seqs, users, max_seq_len, split).to(device)
         scores, rating_pred = score_batch(batch)
         rows = batch.target_rows()
         targets = batch.items[rows]
         if filter_seen:
-            exclude = torch.from_numpy(seen_mask(seqs, batch.users, batch.target_index)).to(device)
+            exclude = seen_mask_on(seqs, batch.users, batch.target_index, scores.shape[1], scores.device)
         else:
             exclude = torch.zeros_like(scores, dtype=torch.bool)
         exclude[:, 0] = True
@@ -58,12 +86,40 @@ def rank_targets(
             sq_err.append(err.square())
             abs_err.append(err.abs())
     ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.long)
+    if distributed:
+        return _reduced_metrics(ctx, ranks, sq_err, abs_err, non_finite, ks, device)
     out = ranking_metrics(ranks, ks)
     if sq_err:
         out["RMSE"] = torch.cat(sq_err).mean().sqrt().item()
         out["MAE"] = torch.cat(abs_err).mean().item()
     out["users"] = int(ranks.numel())
     out["non_finite_users"] = non_finite
+    return out
+
+
+def _reduced_metrics(ctx, ranks, sq_err, abs_err, non_finite, ks, device) -> Dict[str, float]:
+    """The metrics of all ranks' users from this rank's ``ranks`` and errors: sums and counts, summed across
+    the ranks in float64 (the same numbers as one process ranking every user, to rounding)."""
+    ks = tuple(ks)
+    sums = ranking_sums(ranks, ks)
+    names = list(sums)
+    sq = torch.cat(sq_err).double().sum() if sq_err else torch.zeros((), dtype=torch.float64)
+    ab = torch.cat(abs_err).double().sum() if abs_err else torch.zeros((), dtype=torch.float64)
+    rated = sum(len(x) for x in sq_err)
+    totals = torch.stack([*(sums[n] for n in names), sq.cpu(), ab.cpu(),
+                          torch.tensor(float(rated), dtype=torch.float64),
+                          torch.tensor(float(ranks.numel()), dtype=torch.float64),
+                          torch.tensor(float(non_finite), dtype=torch.float64)])
+    # NCCL reduces device tensors only; gloo takes either
+    totals = ctx.all_reduce_sum(totals.to(device)).cpu()
+    users = int(totals[-2])
+    out = {n: (totals[i].item() / users if users else 0.0) for i, n in enumerate(names)}
+    rated = int(totals[-3])
+    if rated:
+        out["RMSE"] = (totals[len(names)].item() / rated) ** 0.5
+        out["MAE"] = totals[len(names) + 1].item() / rated
+    out["users"] = users
+    out["non_finite_users"] = int(totals[-1])
     return out
 
 

@@ -66,3 +66,14 @@ def ranking_metrics(ranks: torch.Tensor, ks: Iterable[int] = (10, 50, 200)) -> D
         out[f"NDCG@{k}"] = ndcg(ranks, k)
     out["MRR"] = mrr(ranks)
     return out
+
+
+def ranking_sums(ranks: torch.Tensor, ks: Iterable[int] = (10, 50, 200)) -> Dict[str, torch.Tensor]:
+    """What ``ranking_metrics`` averages, as float64 sums over ``ranks [N]`` (CPU scalars): summed across
+    data-parallel ranks and divided by the total count, they give the metrics of all users."""
+    r = ranks.double().cpu()
+    gain = 1.0 / torch.log2(r + 2.0)
+    out = {f"HR@{k}": (r < k).double().sum() for k in ks}
+    out.update({f"NDCG@{k}": torch.where(r < k, gain, torch.zeros_like(gain)).sum() for k in ks})
+    out["MRR"] = (1.0 / (r + 1.0)).sum()
+    return out

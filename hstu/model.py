@@ -68,7 +68,8 @@ class HSTURecommender(nn.Module):
         return F.normalize(user, dim=-1) @ table.t().to(user.dtype) / self.config.temperature
 
     def retrieval_loss(
-        self, out: torch.Tensor, next_items: torch.Tensor, seq_offsets: torch.Tensor, generator=None
+        self, out: torch.Tensor, next_items: torch.Tensor, seq_offsets: torch.Tensor, generator=None,
+        negatives: Optional[torch.Tensor] = None, reduction: str = "mean",
     ) -> torch.Tensor:
         """Sampled softmax over cosine similarity / temperature.
 
@@ -81,13 +82,19 @@ class HSTURecommender(nn.Module):
         Args:
             out: ``[L, D]`` encoder outputs, jagged by ``seq_offsets [B+1]``.
             next_items: ``[L]`` int64 next-item labels (0: no label).
+            negatives: ``[B, num_negatives]`` item ids to use instead of drawing them (data-parallel ranks
+                draw a global batch's negatives alike and keep their own sequences' rows).
+            reduction: ``"mean"`` over the labelled positions, or ``"sum"`` (a rank's part of a global mean).
         """
         rows = next_items > 0
         if not bool(rows.any()):
             return out.sum() * 0.0
         lengths = seq_offsets[1:] - seq_offsets[:-1]
         B, K = lengths.shape[0], self.config.num_negatives
-        negs = torch.randint(1, self.config.num_items + 1, (B, K), device=out.device, generator=generator)
+        if negatives is None:
+            negs = torch.randint(1, self.config.num_items + 1, (B, K), device=out.device, generator=generator)
+        else:
+            negs = negatives.to(out.device)
         table = F.normalize(self.encoder.item_table.float(), dim=-1)
         u = F.normalize(out.float(), dim=-1)
         max_len = int(lengths.max())
@@ -98,7 +105,7 @@ class HSTURecommender(nn.Module):
         neg_logit = neg_logit.masked_fill(negs[seg] == pos[:, None], float("-inf"))
         pos_logit = (u[rows] * table[pos]).sum(-1, keepdim=True)
         logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
-        return F.cross_entropy(logits, torch.zeros_like(pos))
+        return F.cross_entropy(logits, torch.zeros_like(pos), reduction=reduction)
 
     def predict_ratings(self, target_out: torch.Tensor) -> torch.Tensor:
         """``[T, D]`` target-token outputs -> ``[T]`` predicted ratings."""

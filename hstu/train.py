@@ -5,6 +5,13 @@ exactly; only the ``RESUMABLE`` settings may change, and each change is logged. 
 weight or validation score stops training (``TrainingDiverged``) before anything non-finite is saved, unless
 ``skip_nonfinite`` skips such steps. Ctrl-C drops the unfinished epoch and raises ``TrainingInterrupted``;
 ``last.pt`` then holds the last finished one.
+
+Under ``torchrun`` (see ``hstu.distributed``) the model is wrapped in ``DistributedDataParallel`` and every rank
+draws the same global batches, cuts and negatives from the same seeded streams and trains on its contiguous share
+of each batch's users; the losses are each rank's sums over the global batch's counts, so the averaged gradient is
+the one process's gradient of the global batch, and a run does not depend on its rank count (a resume may change
+it). ``batch_size`` is the global batch. Validation and test metrics are reduced across ranks; rank 0 alone writes
+checkpoints and logs, prints and draws progress bars.
 """
 
 import math
@@ -19,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import run_folder
+from . import distributed, run_folder
 from .checkpoint import CheckpointError, load_checkpoint, non_finite_tensors, remove_stale_temporaries, save_checkpoint
 from .config import MODEL_FIELDS, RESUMABLE, RUN_CONTROL, ArgumentError, ModelConfig, TrainConfig
 from .data.batching import length_bucketed_batches, training_batch
@@ -150,6 +157,58 @@ def _load_state(module, state, path: Path, what: str) -> None:
         raise CheckpointError(f"checkpoint {path}: its {what} does not fit its configuration ({first[:200]})") from None
 
 
+def _silent(*_):
+    pass
+
+
+def _prepare_folder(out_dir, cfg, ckpt, state, applied, model_cfg, meta, log, ctx) -> None:
+    """Rank 0's setup of the output folder: stale temporaries, ``overwrite``, the log's start or resume line."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_temporaries(out_dir, run_folder.CHECKPOINTS):
+        log(f"removed {tmp}, left by a checkpoint write that never finished")
+    if cfg.overwrite:
+        removed = run_folder.clear_run(out_dir)
+        if removed:
+            log(f"overwrite: deleted the previous run's {', '.join(removed)} in {out_dir}")
+    if ckpt is not None:
+        run_folder.trim_log(out_dir, state["epoch"])
+        run_folder.append_log(out_dir, {"event": "resume", "after_epoch": state["epoch"],
+                                        "changed": {k: list(v) for k, v in applied.items()},
+                                        **({"ranks": ctx.world} if ctx.active else {})})
+    else:
+        run_folder.append_log(out_dir, {"event": "start", "train_config": cfg.to_dict(),
+                                        "model_config": asdict(model_cfg), "data_dir": meta["data_dir"],
+                                        **({"ranks": ctx.world} if ctx.active else {})})
+
+
+def _data_parallel(model):
+    """``model`` under DDP without the buffer broadcast before each step: its buffers are constants built alike
+    on every rank (the name of that switch changed in torch 2.13)."""
+    import inspect
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+               else "broadcast_buffers")
+    return ddp(model, **{no_sync: False})
+
+
+def _sharded_losses(model, ctx, batch, out, rating_pred, tgt, batch_users: int, device):
+    """This rank's retrieval and rating losses as its share of the global batch's means: sums over its tokens
+    divided by the global counts, times the rank count (DDP averages the ranks' gradients).
+
+    The negatives are drawn for the global batch's ``2 * batch_users`` segments, as one process draws them, and
+    this rank keeps its segments' rows.
+    """
+    cfg = model.config
+    negs = torch.randint(1, cfg.num_items + 1, (2 * batch_users, cfg.num_negatives), device=device)
+    rows = torch.from_numpy(distributed.shard_rows(ctx, batch_users)).to(device)
+    counts = torch.stack([(batch.next_items > 0).sum(), tgt.sum()]).double()
+    counts = ctx.all_reduce_sum(counts).clamp(min=1)
+    retrieval = model.retrieval_loss(out, batch.next_items, batch.seq_offsets, negatives=negs[rows], reduction="sum")
+    rating = F.mse_loss(rating_pred.float(), batch.ratings[tgt].float(), reduction="sum")
+    return retrieval * (ctx.world / counts[0]).float(), rating * (ctx.world / counts[1]).float()
+
+
 class _NonFinite(Exception):
     def __init__(self, what: str, step: int):
         super().__init__(what)
@@ -163,6 +222,26 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
     changes the model or data, ``TrainingDiverged`` and ``TrainingInterrupted`` (see the module docstring).
     """
     device = resolve_device(cfg.device)
+    ctx, device = distributed.start(device)
+    try:
+        return _train(cfg, log, device, ctx)
+    except RuntimeError as err:
+        # DDP's own collectives (the gradient all-reduce in backward()) fail outside those hstu.distributed guards
+        if not (ctx.active and distributed.is_comm_error(err)) or isinstance(err, distributed.RankLost):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise distributed.RankLost(distributed.lost_message(ctx, "training", first)) from None
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context) -> Dict[str, float]:
+    main = ctx.is_main
+    if not main:
+        log = _silent
+    elif ctx.active:
+        log(f"data-parallel: {ctx.world} ranks ({'nccl' if device.type == 'cuda' else 'gloo'}), global batch "
+            f"{cfg.batch_size} users")
     out_dir = Path(cfg.output_dir)
     run_folder.check_output_dir(out_dir, cfg.resume, cfg.overwrite)
     ckpt = load_checkpoint(out_dir / "last.pt", map_location=device, require=TRAINING_ENTRIES) if cfg.resume else None
@@ -192,37 +271,35 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         # the negatives are drawn on the model's device: on CUDA its generator is part of the run too
         cuda_rng = ckpt.get("cuda_rng") or []
-        if device.type == "cuda" and len(cuda_rng) == torch.cuda.device_count():
+        if device.type == "cuda" and ctx.active and ckpt.get("device_rng") is not None:
+            # every rank draws the negatives on its own GPU from the stream rank 0 saved
+            torch.cuda.set_rng_state(ckpt["device_rng"].cpu(), device)
+        elif device.type == "cuda" and len(cuda_rng) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([t.cpu() for t in cuda_rng])
         log(f"resumed from {out_dir / 'last.pt'} after epoch {state['epoch']}")
         for name, (was, now) in applied.items():
             log(f"resume: {name} {was!r} -> {now!r}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in remove_stale_temporaries(out_dir, run_folder.CHECKPOINTS):
-        log(f"removed {tmp}, left by a checkpoint write that never finished")
-    if cfg.overwrite:
-        removed = run_folder.clear_run(out_dir)
-        if removed:
-            log(f"overwrite: deleted the previous run's {', '.join(removed)} in {out_dir}")
-    if ckpt is not None:
-        run_folder.trim_log(out_dir, state["epoch"])
-        run_folder.append_log(out_dir, {"event": "resume", "after_epoch": state["epoch"],
-                                        "changed": {k: list(v) for k, v in applied.items()}})
-    else:
-        run_folder.append_log(out_dir, {"event": "start", "train_config": cfg.to_dict(),
-                                        "model_config": asdict(model_cfg), "data_dir": meta["data_dir"]})
+    # every rank has read the folder before rank 0 changes it
+    ctx.barrier("checking the output folder")
+    if main:
+        _prepare_folder(out_dir, cfg, ckpt, state, applied, model_cfg, meta, log, ctx)
+    # the whole model is replicated; DDP broadcasts rank 0's weights and averages the gradients
+    net = _data_parallel(model) if ctx.active else model
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else nullcontext()
-    eval_kw = dict(batch_size=cfg.eval_batch_size, device=device, progress=cfg.progress)
+    eval_kw = dict(batch_size=cfg.eval_batch_size, device=device, progress=cfg.progress and main, ctx=ctx)
     last_path = out_dir / "last.pt"
 
     def checkpoint(path):
+        if not main:
+            return
         save_checkpoint(path, {
             "model_config": model.config_dict(), "train_config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "state": dict(state), "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [], **meta,
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "device_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **meta,
         })
 
     def last_good():
@@ -232,25 +309,44 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
         path, done = last_good()
         where = f"{path} holds the last good epoch ({done})" if path else "no checkpoint was written"
         at = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
-        run_folder.append_log(out_dir, {"event": "diverged", "at_epoch": epoch, "at_step": step, "reason": what})
+        if main:
+            run_folder.append_log(out_dir, {"event": "diverged", "at_epoch": epoch, "at_step": step, "reason": what})
         return TrainingDiverged(f"training stopped at {at}: {what}; {where}", epoch, step, path)
 
     def run_epoch(epoch):
         model.train()
         batches = length_bucketed_batches(seqs.lengths(), cfg.batch_size, rng)
         totals, done, skipped = np.zeros(3), 0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (cfg.progress and main), leave=False)
         for step, users in enumerate(bar, 1):
-            batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng).to(device)
+            if ctx.active and len(users) < ctx.world:
+                # a rank without users cannot join the step; only a last batch smaller than the rank count is
+                # this short, and its draws are made all the same, so the next epoch starts alike
+                training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng)
+                torch.randint(1, model_cfg.num_items + 1, (2 * len(users), model_cfg.num_negatives), device=device)
+                log(f"epoch {epoch} step {step}: dropped, {len(users)} user{'s' * (len(users) > 1)} for {ctx.world} ranks")
+                continue
+            part = ctx.shard(len(users))
+            batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng, part).to(device)
             with amp:
-                out = model(batch)
+                out = net(batch)
                 tgt = batch.ratings > 0
                 rating_pred = model.predict_ratings(out[tgt])
-            retrieval = model.retrieval_loss(out, batch.next_items, batch.seq_offsets)
-            rating = F.mse_loss(rating_pred.float(), batch.ratings[tgt].float())
+            if ctx.active:
+                retrieval, rating = _sharded_losses(model, ctx, batch, out, rating_pred, tgt, len(users), device)
+            else:
+                retrieval = model.retrieval_loss(out, batch.next_items, batch.seq_offsets)
+                rating = F.mse_loss(rating_pred.float(), batch.ratings[tgt].float())
             loss = retrieval + cfg.rating_loss_weight * rating
             opt.zero_grad(set_to_none=True)
-            value = loss.item()
+            if ctx.active:
+                # the global batch's losses: every rank takes the same skip / stop decision
+                parts = ctx.all_reduce_sum(torch.stack([retrieval.detach(), rating.detach()]).float()) / ctx.world
+                value = (parts[0] + cfg.rating_loss_weight * parts[1]).item()
+                shown = (parts[0].item(), parts[1].item())
+            else:
+                value = loss.item()
+                shown = None
             problem = None
             if not math.isfinite(value):
                 problem = f"non-finite loss {value} (retrieval {retrieval.item()}, rating {rating.item()})"
@@ -268,7 +364,7 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
                 opt.zero_grad(set_to_none=True)
                 continue
             opt.step()
-            totals += [value, retrieval.item(), rating.item()]
+            totals += [value, *(shown or (retrieval.item(), rating.item()))]
             done += 1
             bar.set_postfix(loss=f"{value:.3f}")
         if done == 0:
@@ -302,14 +398,15 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
                 **{f"valid_{k}": v for k, v in valid.items()},
             }
             # log line first, then checkpoints: a resume from an older last.pt drops the extra line
-            with run_folder.interrupts_deferred():
+            with run_folder.interrupts_deferred() if main else nullcontext():
                 improved = valid["NDCG@10"] > state["best_ndcg"]
                 state["epoch"] = epoch
                 if improved:
                     state.update(best_ndcg=valid["NDCG@10"], best_epoch=epoch, stale=0)
                 else:
                     state["stale"] += 1
-                run_folder.append_log(out_dir, record)
+                if main:
+                    run_folder.append_log(out_dir, record)
                 if improved:
                     checkpoint(out_dir / "best.pt")
                 checkpoint(last_path)
@@ -320,6 +417,8 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
             )
 
         phase = "the final test evaluation"
+        # rank 0 has written best.pt before the others read it
+        ctx.barrier("waiting for rank 0's checkpoint")
         best = load_checkpoint(out_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model"])
         test = evaluate_model(model, seqs, "test", **eval_kw)
@@ -327,12 +426,14 @@ def train(cfg: TrainConfig, log=print) -> Dict[str, float]:
     except KeyboardInterrupt:
         path, done = last_good()
         held = f"{path} holds epoch {done}" if path else "no checkpoint was written"
-        run_folder.append_log(out_dir, {"event": "interrupted", "during": phase, "last_epoch": done})
+        if main:
+            run_folder.append_log(out_dir, {"event": "interrupted", "during": phase, "last_epoch": done})
         raise TrainingInterrupted(f"interrupted during {phase} (its partial work is dropped); {held}",
                                   done, path, out_dir) from None
     best_epoch = best["state"]["best_epoch"]
-    run_folder.append_log(out_dir, {"best_epoch": best_epoch, **{f"test_{k}": v for k, v in test.items()},
-                                    **{f"popularity_{k}": v for k, v in pop.items()}})
+    if main:
+        run_folder.append_log(out_dir, {"best_epoch": best_epoch, **{f"test_{k}": v for k, v in test.items()},
+                                        **{f"popularity_{k}": v for k, v in pop.items()}})
     log(f"best epoch {best_epoch} (checkpoint {out_dir / 'best.pt'})")
     log(f"test HR@10 {test['HR@10']:.4f}  NDCG@10 {test['NDCG@10']:.4f}  "
         f"(most-popular baseline: HR@10 {pop['HR@10']:.4f}  NDCG@10 {pop['NDCG@10']:.4f})")

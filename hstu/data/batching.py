@@ -137,19 +137,24 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def training_batch(seqs, users: np.ndarray, max_seq_len: int, num_targets: int, rng: np.random.Generator) -> JaggedBatch:
+def training_batch(seqs, users: np.ndarray, max_seq_len: int, num_targets: int, rng: np.random.Generator,
+                   part: slice = slice(None)) -> JaggedBatch:
     """The training batch of ``users`` (indices into a leave-one-out ``UserSequences``): two segments each.
 
     Retrieval segment: the user's train events (all but the last two), capped at the most recent
     ``max_seq_len - 1``, every token labelled with the next item. Rating segment: the train events cut at a
     random point ``c`` (drawn anew each call, so over epochs every event serves as a target): history
     ``[c - (max_seq_len - 1), c)`` followed by up to ``num_targets`` target events ``[c, c + num_targets)``.
+
+    ``part`` keeps only those users (a data-parallel rank's shard): the cuts are still drawn for all of them, so
+    every rank draws alike and a user's cut does not depend on how the batch was split.
     """
     users = np.asarray(users, dtype=np.int64)
     n = seqs.lengths()[users] - 2
-    retrieval = make_batch(seqs, users, *history_window(n, max_seq_len), next_labels=True)
     # c uniform in [1, n - 1] (at least one history event), or 0 when there is a single train event
     cut = np.where(n > 1, rng.integers(1, np.maximum(n, 2)), 0)
+    users, n, cut = users[part], n[part], cut[part]
+    retrieval = make_batch(seqs, users, *history_window(n, max_seq_len), next_labels=True)
     rating = make_batch(seqs, users, *history_window(cut, max_seq_len), np.minimum(cut + num_targets, n))
     return concat_batches(retrieval, rating)
 
