@@ -84,18 +84,17 @@ def score_fits(fits_dir, test):
 def our_rows(seqs, checkpoint, data_dir, device):
     """The most-popular baseline and, given a checkpoint, our model: ``hstu eval``'s full ranking, seen items
     filtered."""
-    import torch
-
     from hstu.evaluate import evaluate_model, evaluate_popularity
 
     rows = []
     if checkpoint:
+        from hstu.checkpoint import load_checkpoint
         from hstu.serving import load_for_inference
 
         model, _, ours, dev = load_for_inference(checkpoint, data_dir, "ml-1m", device)
         start = time.time()
         metrics = evaluate_model(model, ours, "test", device=dev)
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(checkpoint)
         state = ckpt.get("state", {})
         rows.append({"model": "ours (hstu)", **{k: metrics[k] for k in (*METRICS, "users")}, "fit_s": None,
                      "epochs": state.get("epoch"), "best_epoch": state.get("best_epoch"),

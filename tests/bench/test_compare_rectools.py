@@ -112,3 +112,20 @@ def test_rectools_side_writes_lists(data_dir, tmp_path):
     assert lists["users"].tolist() == seqs.user_ids.tolist() and lists["items"].shape == (len(seqs), 5)
     info = json.loads((tmp_path / "fits" / "fit_sasrec.json").read_text())
     assert info["epochs"] == 1
+
+
+def test_our_checkpoint_row_is_hstu_eval(data_dir, tmp_path):
+    from hstu.evaluate import evaluate_model
+    from hstu.serving import load_for_inference
+    from hstu.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    train(TrainConfig(data_dir=str(data_dir), output_dir=str(out), epochs=1, batch_size=4, progress=False,
+                      model=dict(dim=8, num_layers=1, max_seq_len=16, num_negatives=4, dropout=0.0)), log=lambda _: None)
+    result = compare_rectools.main(["--data-dir", str(data_dir), "--work-dir", str(tmp_path / "work"), "--out-dir",
+                                    str(tmp_path / "results"), "--skip-fit", "--our-checkpoint", str(out / "best.pt")])
+    ours = next(r for r in result["rows"] if r["model"] == "ours (hstu)")
+    model, _, seqs, dev = load_for_inference(out / "best.pt", str(data_dir), "ml-1m", "cpu")
+    expected = evaluate_model(model, seqs, "test", device=dev)
+    assert {k: ours[k] for k in compare_rectools.METRICS} == {k: expected[k] for k in compare_rectools.METRICS}
+    assert ours["epochs"] == 1
