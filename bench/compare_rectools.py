@@ -152,6 +152,8 @@ def main(argv=None):
         "(under the full-ranking MRR by less than 1/201); ours and most popular rank the full catalogue.",
         f"{unknown_targets} test target(s) are items absent from every training history, which rectools cannot "
         "recommend (its catalogue is the items of its training data).",
+        "sasrec keeps rectools' default dot-product similarity (HSTU's is cosine), so the shared logits / 0.05 scales "
+        "its logits far more: its row is no tuned SASRec.",
         "rectools caps a history at 200 events, ours at 199 (one slot of a 200-token input holds the target).",
     ]
     caps = {r["model"]: (r["epochs"], (r.get("settings") or {}).get("max_epochs")) for r in rows}
