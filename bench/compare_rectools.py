@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import env_header, slug  # noqa: E402
+from bench.common import env_header, slug
 
 METRICS = ("HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@50", "NDCG@200", "MRR")
 DEFAULT_MODELS = "hstu,sasrec,hstu-large"
