@@ -26,9 +26,7 @@ HSTU_HD int64_t abs_diff(int64_t a, int64_t b) { return a > b ? a - b : b - a; }
 // number of boundaries <= dt; a fixed-trip loop of compares (no branches on the data).
 HSTU_HD int time_bucket(int64_t dt, const int64_t* boundaries, int num_boundaries) {
   int bucket = 0;
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
+HSTU_UNROLL
   for (int k = 0; k < kMaxBoundaries; ++k) {
     if (k < num_boundaries) bucket += boundaries[k] <= dt ? 1 : 0;
   }

@@ -34,6 +34,13 @@
 
 #define HSTU_HD HSTU_HOST_DEVICE HSTU_FORCEINLINE
 
+// loops over register fragments must unroll fully (a dynamically indexed register array spills to local memory)
+#if defined(__CUDACC__)
+#define HSTU_UNROLL _Pragma("unroll")
+#else
+#define HSTU_UNROLL
+#endif
+
 namespace hstu {
 
 HSTU_HD int imin(int a, int b) { return a < b ? a : b; }
