@@ -17,7 +17,8 @@
 //   - d pos_weight: in the history a fixed r = p(i) - j is a diagonal of the tile; one thread per r sums it in
 //     a fixed order (targets all sit at u: key j's target queries share r = u - j), then one atomic per table
 //     entry per tile (or, deterministic, an add into the CTA's own partial-sum slot).
-// d time_weight accumulates per thread in kMaxBuckets registers, is reduced over the CTA at the end in a fixed
+// d time_weight accumulates in a per-thread histogram in shared memory (bucket-major, one column per thread: no
+// races, no bank conflicts, and no registers taken from dk / dv), summed over the CTA at the end in a fixed
 // order and added with one atomic per bucket (or written to the CTA's slot).
 //
 // deterministic mode (opt-in): no atomics anywhere. AttentionDqKernel (one CTA per query block, like the
@@ -51,7 +52,7 @@ struct AttentionBwdKernel {
   static constexpr bool kHasTime = kHasTime_;
   static constexpr int kNThreads = 32 * kNWarps;
   static constexpr int kMinBlocksPerSm = 1;
-  static_assert(kHeadDim % 64 == 0, "head dims are multiples of 64 (the shared-memory swizzle)");
+  static_assert(kHeadDim % 64 == 0, "head dims are multiples of 64 (conflict-free padded shared-memory rows)");
   static_assert(kBlockM % 16 == 0, "query tiles are whole 16-query mma steps");
   // dq warp grid: kDqWarpsM x kDqWarpsN warps over [kBlockM, D]
   static constexpr int kDqWarpsM = kBlockM / 16;
@@ -59,21 +60,21 @@ struct AttentionBwdKernel {
   static constexpr int kDqCols = kHeadDim / kDqWarpsN;
   static_assert(kNWarps % kDqWarpsM == 0 && kHeadDim % kDqWarpsN == 0 && kDqCols % 16 == 0, "dq warp grid");
 
-  using Tile = SwizzledTile<kHeadDim>;
+  using Tile = SmemTile<kHeadDim>;
   using Pos = PosWindow<kBlockM, kBlockN>;
   static constexpr int kDsLd = kBlockM + 4;  // fp32 ds^T rows: + 4 keeps the dq operand reads conflict-free
   // shared memory: k, v [kBlockN, D]; per stage (2): q, do [kBlockM, D], query timestamps [kBlockM], position
   // window [Pos::kSize]; ds^T [kBlockN, kDsLd] fp32; the time table
   static constexpr int kKOffset = 0;
-  static constexpr int kVOffset = kKOffset + kBlockN * kHeadDim * 2;
-  static constexpr int kQOffset = kVOffset + kBlockN * kHeadDim * 2;
-  static constexpr int kDoOffset = kQOffset + 2 * kBlockM * kHeadDim * 2;
-  static constexpr int kTsOffset = kDoOffset + 2 * kBlockM * kHeadDim * 2;
+  static constexpr int kVOffset = kKOffset + Tile::elements(kBlockN) * 2;
+  static constexpr int kQOffset = kVOffset + Tile::elements(kBlockN) * 2;
+  static constexpr int kDoOffset = kQOffset + 2 * Tile::elements(kBlockM) * 2;
+  static constexpr int kTsOffset = kDoOffset + 2 * Tile::elements(kBlockM) * 2;
   static constexpr int kPosOffset = kTsOffset + (kHasTime ? 2 * kBlockM * 8 : 0);
   static constexpr int kDsOffset = kPosOffset + (kHasPos ? 2 * Pos::kSize * 4 : 0);
   static constexpr int kTimeOffset = kDsOffset + kBlockN * kDsLd * 4;
-  static constexpr int kSmemBytes = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
-  static_assert(kNWarps * kMaxBuckets * 4 <= kBlockN * kDsLd * 4, "the time-gradient reduction reuses ds^T");
+  static constexpr int kHistOffset = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
+  static constexpr int kSmemBytes = kHistOffset + (kHasTime ? kMaxBuckets * kNThreads * 4 : 0);
 
   static HSTU_DEVICE HSTU_FORCEINLINE void run(const AttentionBwdParams& p) {
     const int bh = arch::block_idx_x();
@@ -103,6 +104,7 @@ struct AttentionBwdKernel {
     float* s_pos = reinterpret_cast<float*>(smem + kPosOffset);
     float* s_ds = reinterpret_cast<float*>(smem + kDsOffset);
     float* s_time = reinterpret_cast<float*>(smem + kTimeOffset);
+    float* s_hist = reinterpret_cast<float*>(smem + kHistOffset) + tid;  // this thread's column
 
     const uint16_t* q = static_cast<const uint16_t*>(p.q) + seq_start * p.q_row_stride + h * p.q_head_stride;
     const uint16_t* k = static_cast<const uint16_t*>(p.k) + seq_start * p.k_row_stride + h * p.k_head_stride;
@@ -113,6 +115,8 @@ struct AttentionBwdKernel {
     if (kHasTime) {
       buckets.init(p.bias);
       stage_time_table(s_time, p.bias, h, tid);
+      if (compute_dtime)
+        for (int bb = 0; bb < kMaxBuckets; ++bb) s_hist[bb * kNThreads] = 0.0f;
     }
 
     // this thread's two key rows (C-fragment rows g and g + 8 of the warp's 16)
@@ -131,8 +135,8 @@ struct AttentionBwdKernel {
     auto load_queries = [&](int t) {
       const int m0 = tiles.start(t, kBlockM);
       const int stage = t & 1;
-      load_tile_async<kBlockM, kHeadDim, kNThreads>(s_q + stage * kBlockM * kHeadDim, q, p.q_row_stride, m0, n - m0);
-      load_tile_async<kBlockM, kHeadDim, kNThreads>(s_do + stage * kBlockM * kHeadDim, dout, p.do_row_stride, m0,
+      load_tile_async<kBlockM, kHeadDim, kNThreads>(s_q + stage * Tile::elements(kBlockM), q, p.q_row_stride, m0, n - m0);
+      load_tile_async<kBlockM, kHeadDim, kNThreads>(s_do + stage * Tile::elements(kBlockM), dout, p.do_row_stride, m0,
                                                     n - m0);
       if (kHasTime)
         load_i64_async<kBlockM, kNThreads>(s_ts + stage * kBlockM, p.query_timestamps + seq_start + m0, 0, n - m0);
@@ -150,9 +154,6 @@ struct AttentionBwdKernel {
     for (int i = 0; i < kHeadDim / 8; ++i)
       HSTU_UNROLL
       for (int e = 0; e < 4; ++e) acc_dk[i][e] = acc_dv[i][e] = 0.0f;
-    float acc_dt[kHasTime ? kMaxBuckets : 1];
-    HSTU_UNROLL
-    for (int x = 0; x < (kHasTime ? kMaxBuckets : 1); ++x) acc_dt[x] = 0.0f;
 
     for (int t = 0; t < num_tiles; ++t) {
       arch::cp_async_wait<0>();
@@ -160,8 +161,8 @@ struct AttentionBwdKernel {
       if (t + 1 < num_tiles) load_queries(t + 1);
       arch::cp_async_commit();
       const int m0 = tiles.start(t, kBlockM);
-      const uint16_t* tq = s_q + (t & 1) * kBlockM * kHeadDim;
-      const uint16_t* tdo = s_do + (t & 1) * kBlockM * kHeadDim;
+      const uint16_t* tq = s_q + (t & 1) * Tile::elements(kBlockM);
+      const uint16_t* tdo = s_do + (t & 1) * Tile::elements(kBlockM);
       const int64_t* tts = s_ts + (t & 1) * kBlockM;
       const float* tpos = s_pos + (t & 1) * Pos::kSize - Pos::rmin(m0, n0, u);
 
@@ -207,10 +208,7 @@ struct AttentionBwdKernel {
           float gate = silu_gate<Element>(x);
           if (!all_valid && !(i < n && key[r] < n && pair_valid(i, key[r], u, window))) gate = 0.0f;
           const float ds = silu_grad(dpt[nt][e] * p.scale, x, gate);
-          if (compute_dtime) {
-            HSTU_UNROLL
-            for (int bb = 0; bb < (kHasTime ? kMaxBuckets : 1); ++bb) acc_dt[bb] += bucket == bb ? ds : 0.0f;
-          }
+          if (compute_dtime) s_hist[bucket * kNThreads] += ds;
           st[nt][e] = x * gate;
           dpt[nt][e] = ds;
         }
@@ -295,21 +293,12 @@ struct AttentionBwdKernel {
     }
 
     if (compute_dtime) {
-      // fixed-order reduction: butterfly over the warp, then the warps in order. the scratch reuses ds^T, once
-      // every warp is past the last tile's reads of it
-      float* s_red = s_ds;
-      arch::sync_threads();
-      HSTU_UNROLL
-      for (int bb = 0; bb < (kHasTime ? kMaxBuckets : 1); ++bb) {
-        float x = acc_dt[bb];
-        HSTU_UNROLL
-        for (int mask = 16; mask >= 1; mask >>= 1) x += arch::shfl_xor(x, mask);
-        if (l.lane == 0) s_red[warp * kMaxBuckets + bb] = x;
-      }
+      // every thread's histogram, summed in thread order
       arch::sync_threads();
       if (tid <= p.bias.num_boundaries) {
+        const float* column = reinterpret_cast<const float*>(smem + kHistOffset) + tid * kNThreads;
         float total = 0.0f;
-        for (int w = 0; w < kNWarps; ++w) total += s_red[w * kMaxBuckets + tid];
+        for (int x = 0; x < kNThreads; ++x) total += column[x];
         if (p.deterministic) {
           const int slot = bwd_slot(b, seq_start, key_block, kBlockN);
           arch::store_global(p.dtime_partial + (static_cast<int64_t>(h) * p.num_slots + slot) * kMaxBuckets + tid, total);
@@ -372,13 +361,13 @@ struct AttentionDqKernel {
   static constexpr int kMinBlocksPerSm = 1;
   static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "");
 
-  using Tile = SwizzledTile<kHeadDim>;
+  using Tile = SmemTile<kHeadDim>;
   using Pos = PosWindow<kBlockM, kBlockN>;
   static constexpr int kQOffset = 0;
-  static constexpr int kDoOffset = kQOffset + kBlockM * kHeadDim * 2;
-  static constexpr int kKOffset = kDoOffset + kBlockM * kHeadDim * 2;
-  static constexpr int kVOffset = kKOffset + 2 * kBlockN * kHeadDim * 2;
-  static constexpr int kTsOffset = kVOffset + 2 * kBlockN * kHeadDim * 2;
+  static constexpr int kDoOffset = kQOffset + Tile::elements(kBlockM) * 2;
+  static constexpr int kKOffset = kDoOffset + Tile::elements(kBlockM) * 2;
+  static constexpr int kVOffset = kKOffset + 2 * Tile::elements(kBlockN) * 2;
+  static constexpr int kTsOffset = kVOffset + 2 * Tile::elements(kBlockN) * 2;
   static constexpr int kPosOffset = kTsOffset + (kHasTime ? 2 * kBlockN * 8 : 0);
   static constexpr int kTimeOffset = kPosOffset + (kHasPos ? 2 * Pos::kSize * 4 : 0);
   static constexpr int kSmemBytes = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
@@ -432,8 +421,8 @@ struct AttentionDqKernel {
     auto load_keys = [&](int t) {
       const int n0 = tiles.start(t, kBlockN);
       const int stage = t & 1;
-      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_k + stage * kBlockN * kHeadDim, k, p.k_row_stride, n0, n - n0);
-      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_v + stage * kBlockN * kHeadDim, v, p.v_row_stride, n0, n - n0);
+      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_k + stage * Tile::elements(kBlockN), k, p.k_row_stride, n0, n - n0);
+      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_v + stage * Tile::elements(kBlockN), v, p.v_row_stride, n0, n - n0);
       if (kHasTime) load_i64_async<kBlockN, kNThreads>(s_ts + stage * kBlockN, p.timestamps + seq_start + n0, 0, n - n0);
       if (kHasPos)
         Pos::template stage<kNThreads>(s_pos + stage * Pos::kSize, pos_row, Pos::rmin(m0, n0, u), p.bias.max_seq_len,
@@ -457,8 +446,8 @@ struct AttentionDqKernel {
       if (t + 1 < num_tiles) load_keys(t + 1);
       arch::cp_async_commit();
       const int n0 = tiles.start(t, kBlockN);
-      const uint16_t* tk = s_k + (t & 1) * kBlockN * kHeadDim;
-      const uint16_t* tv = s_v + (t & 1) * kBlockN * kHeadDim;
+      const uint16_t* tk = s_k + (t & 1) * Tile::elements(kBlockN);
+      const uint16_t* tv = s_v + (t & 1) * Tile::elements(kBlockN);
       const int64_t* tts = s_ts + (t & 1) * kBlockN;
       const float* tpos = s_pos + (t & 1) * Pos::kSize - Pos::rmin(m0, n0, u);
 

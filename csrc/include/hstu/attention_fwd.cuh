@@ -5,7 +5,7 @@
 // of the block and all head-dim columns of their output (fp32 accumulators in registers). the CTA walks the key
 // tiles that hold a valid pair (mask.h: key_tiles), double-buffered with cp.async:
 //
-//   s = alpha q k^T + bias       (q fragments stay in registers; k by ldmatrix from swizzled shared memory)
+//   s = alpha q k^T + bias       (q fragments stay in registers; k by ldmatrix from shared memory)
 //   a = s * sigmoid(s), zero where the pair is invalid (only in tiles that are not all valid)
 //   o += a v                     (a goes from accumulator to operand fragments in registers)
 //
@@ -32,17 +32,17 @@ struct AttentionFwdKernel {
   static constexpr bool kHasTime = kHasTime_;
   static constexpr int kNThreads = 32 * kNWarps;
   static constexpr int kMinBlocksPerSm = 1;
-  static_assert(kHeadDim % 64 == 0, "head dims are multiples of 64 (the shared-memory swizzle)");
+  static_assert(kHeadDim % 64 == 0, "head dims are multiples of 64 (conflict-free padded shared-memory rows)");
   static_assert(kBlockN % 16 == 0, "key tiles are whole 16-key mma steps");
 
-  using Tile = SwizzledTile<kHeadDim>;
+  using Tile = SmemTile<kHeadDim>;
   using Pos = PosWindow<kBlockM, kBlockN>;
   // shared memory: q [kBlockM, D]; per stage (2): k, v [kBlockN, D], key timestamps [kBlockN], position-table
   // window [Pos::kSize]; the time table
   static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQOffset + kBlockM * kHeadDim * 2;
-  static constexpr int kVOffset = kKOffset + 2 * kBlockN * kHeadDim * 2;
-  static constexpr int kTsOffset = kVOffset + 2 * kBlockN * kHeadDim * 2;
+  static constexpr int kKOffset = kQOffset + Tile::elements(kBlockM) * 2;
+  static constexpr int kVOffset = kKOffset + 2 * Tile::elements(kBlockN) * 2;
+  static constexpr int kTsOffset = kVOffset + 2 * Tile::elements(kBlockN) * 2;
   static constexpr int kPosOffset = kTsOffset + (kHasTime ? 2 * kBlockN * 8 : 0);
   static constexpr int kTimeOffset = kPosOffset + (kHasPos ? 2 * Pos::kSize * 4 : 0);
   static constexpr int kSmemBytes = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
@@ -97,8 +97,8 @@ struct AttentionFwdKernel {
     auto load_keys = [&](int t) {
       const int n0 = tiles.start(t, kBlockN);
       const int stage = t & 1;
-      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_k + stage * kBlockN * kHeadDim, k, p.k_row_stride, n0, n - n0);
-      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_v + stage * kBlockN * kHeadDim, v, p.v_row_stride, n0, n - n0);
+      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_k + stage * Tile::elements(kBlockN), k, p.k_row_stride, n0, n - n0);
+      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_v + stage * Tile::elements(kBlockN), v, p.v_row_stride, n0, n - n0);
       if (kHasTime) load_i64_async<kBlockN, kNThreads>(s_ts + stage * kBlockN, p.timestamps + seq_start + n0, 0, n - n0);
       if (kHasPos)
         Pos::template stage<kNThreads>(s_pos + stage * Pos::kSize, pos_row, Pos::rmin(m0, n0, u), p.bias.max_seq_len, tid);
@@ -120,8 +120,8 @@ struct AttentionFwdKernel {
       if (t + 1 < num_tiles) load_keys(t + 1);
       arch::cp_async_commit();
       const int n0 = tiles.start(t, kBlockN);
-      const uint16_t* tk = s_k + (t & 1) * kBlockN * kHeadDim;
-      const uint16_t* tv = s_v + (t & 1) * kBlockN * kHeadDim;
+      const uint16_t* tk = s_k + (t & 1) * Tile::elements(kBlockN);
+      const uint16_t* tv = s_v + (t & 1) * Tile::elements(kBlockN);
       const int64_t* tts = s_ts + (t & 1) * kBlockN;
       const float* tpos = s_pos + (t & 1) * Pos::kSize - Pos::rmin(m0, n0, u);
 

@@ -32,17 +32,17 @@ struct CachedFwdKernel {
   static constexpr bool kHasTime = kHasTime_;
   static constexpr int kNThreads = 32 * kNWarps;
   static constexpr int kMinBlocksPerSm = 1;
-  static_assert(kHeadDim % 64 == 0, "head dims are multiples of 64 (the shared-memory swizzle)");
+  static_assert(kHeadDim % 64 == 0, "head dims are multiples of 64 (conflict-free padded shared-memory rows)");
   static_assert(kBlockN % 16 == 0, "key tiles are whole 16-key mma steps");
   static_assert(kBlockM <= 2 * kBlockN, "the candidates' own k, v reuse the two k / v stages");
 
-  using Tile = SwizzledTile<kHeadDim>;
+  using Tile = SmemTile<kHeadDim>;
   // shared memory: q [kBlockM, D]; per stage (2): k, v [kBlockN, D], key timestamps [kBlockN], position bias
   // per key [kBlockN]; the time table. after the loop the k / v stages hold the candidates' own k / v.
   static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQOffset + kBlockM * kHeadDim * 2;
-  static constexpr int kVOffset = kKOffset + 2 * kBlockN * kHeadDim * 2;
-  static constexpr int kTsOffset = kVOffset + 2 * kBlockN * kHeadDim * 2;
+  static constexpr int kKOffset = kQOffset + Tile::elements(kBlockM) * 2;
+  static constexpr int kVOffset = kKOffset + 2 * Tile::elements(kBlockN) * 2;
+  static constexpr int kTsOffset = kVOffset + 2 * Tile::elements(kBlockN) * 2;
   static constexpr int kPosOffset = kTsOffset + (kHasTime ? 2 * kBlockN * 8 : 0);
   static constexpr int kTimeOffset = kPosOffset + (kHasPos ? 2 * kBlockN * 4 : 0);
   static constexpr int kSmemBytes = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
@@ -93,8 +93,8 @@ struct CachedFwdKernel {
     auto load_keys = [&](int t) {
       const int n0 = lo + t * kBlockN;
       const int stage = t & 1;
-      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_k + stage * kBlockN * kHeadDim, kc, p.kc_row_stride, n0, m - n0);
-      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_v + stage * kBlockN * kHeadDim, vc, p.vc_row_stride, n0, m - n0);
+      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_k + stage * Tile::elements(kBlockN), kc, p.kc_row_stride, n0, m - n0);
+      load_tile_async<kBlockN, kHeadDim, kNThreads>(s_v + stage * Tile::elements(kBlockN), vc, p.vc_row_stride, n0, m - n0);
       if (kHasTime)
         load_i64_async<kBlockN, kNThreads>(s_ts + stage * kBlockN, p.cache_timestamps + h0 + n0, 0, m - n0);
       if (kHasPos) {
@@ -120,8 +120,8 @@ struct CachedFwdKernel {
       if (t + 1 < num_tiles) load_keys(t + 1);
       arch::cp_async_commit();
       const int n0 = lo + t * kBlockN;
-      const uint16_t* tk = s_k + (t & 1) * kBlockN * kHeadDim;
-      const uint16_t* tv = s_v + (t & 1) * kBlockN * kHeadDim;
+      const uint16_t* tk = s_k + (t & 1) * Tile::elements(kBlockN);
+      const uint16_t* tv = s_v + (t & 1) * Tile::elements(kBlockN);
       const int64_t* tts = s_ts + (t & 1) * kBlockN;
       const float* tpos = s_pos + (t & 1) * kBlockN;
 

@@ -37,8 +37,10 @@
 // loops over register fragments must unroll fully (a dynamically indexed register array spills to local memory)
 #if defined(__CUDACC__)
 #define HSTU_UNROLL _Pragma("unroll")
+#define HSTU_NO_UNROLL _Pragma("unroll 1")
 #else
 #define HSTU_UNROLL
+#define HSTU_NO_UNROLL
 #endif
 
 namespace hstu {

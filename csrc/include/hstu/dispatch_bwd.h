@@ -37,7 +37,7 @@ template <typename Element, int kHeadDim>
 arch::LaunchStatus run_attention_bwd(const AttentionBwdParams& p, arch::Stream stream) {
   return HSTU_BOOL_SWITCH(p.bias.pos_weight != nullptr, kHasPos, [&] {
     return HSTU_BOOL_SWITCH(p.bias.time_weight != nullptr, kHasTime, [&] {
-      using Config = BwdConfig<kHeadDim>;
+      using Config = BwdConfig<kHeadDim, kHasTime>;
       using Kernel = AttentionBwdKernel<Element, kHeadDim, Config::kBlockM, Config::kNWarps, kHasPos, kHasTime>;
       const arch::Dim3 grid{static_cast<unsigned>(p.batch * p.num_heads),
                             static_cast<unsigned>(ceil_div(p.max_len, Kernel::kBlockN)), 1u};

@@ -20,29 +20,29 @@ struct Lane {
   HSTU_HD int c_col(int e) const { return 2 * t + (e & 1); }
 };
 
-// A operand rows [m0, m0 + 16) x cols [k0, k0 + 16) of a swizzled row-major tile (rows = m)
+// A operand rows [m0, m0 + 16) x cols [k0, k0 + 16) of a row-major tile (rows = m)
 template <int kCols>
 HSTU_DEVICE HSTU_FORCEINLINE void load_a(uint32_t (&a)[4], const uint16_t* tile, int m0, int k0, int lane) {
   const int row = m0 + ((lane >> 3) & 1) * 8 + (lane & 7);
   const int col = k0 + (lane >> 4) * 8;
-  arch::ldmatrix_x4(a, tile + SwizzledTile<kCols>::offset(row, col));
+  arch::ldmatrix_x4(a, tile + SmemTile<kCols>::offset(row, col));
 }
 
-// B operands of two 8-column tiles n0 .. n0 + 15, k0 .. k0 + 15, from a swizzled tile stored [n][k]:
+// B operands of two 8-column tiles n0 .. n0 + 15, k0 .. k0 + 15, from a tile stored [n][k]:
 // b[0], b[1] for columns n0 .. n0 + 7, b[2], b[3] for n0 + 8 .. n0 + 15
 template <int kCols>
 HSTU_DEVICE HSTU_FORCEINLINE void load_b_nk(uint32_t (&b)[4], const uint16_t* tile, int n0, int k0, int lane) {
   const int row = n0 + (lane >> 4) * 8 + (lane & 7);
   const int col = k0 + ((lane >> 3) & 1) * 8;
-  arch::ldmatrix_x4(b, tile + SwizzledTile<kCols>::offset(row, col));
+  arch::ldmatrix_x4(b, tile + SmemTile<kCols>::offset(row, col));
 }
 
-// the same B operands from a swizzled tile stored [k][n] (transposed by ldmatrix.trans)
+// the same B operands from a tile stored [k][n] (transposed by ldmatrix.trans)
 template <int kCols>
 HSTU_DEVICE HSTU_FORCEINLINE void load_b_kn(uint32_t (&b)[4], const uint16_t* tile, int k0, int n0, int lane) {
   const int row = k0 + ((lane >> 3) & 1) * 8 + (lane & 7);
   const int col = n0 + (lane >> 4) * 8;
-  arch::ldmatrix_x4_trans(b, tile + SwizzledTile<kCols>::offset(row, col));
+  arch::ldmatrix_x4_trans(b, tile + SmemTile<kCols>::offset(row, col));
 }
 
 // A operand rows m0 .. m0 + 15, k0 .. k0 + 15 from an fp32 tile stored [k][m] with leading dimension ld,
