@@ -172,17 +172,26 @@ struct AttentionBwdKernel {
       for (int i = 0; i < kBlockM / 8; ++i)
         HSTU_UNROLL
         for (int e = 0; e < 4; ++e) st[i][e] = dpt[i][e] = 0.0f;
+      // (two loops, not one: fewer operand fragments in flight beside the dk / dv accumulators)
       HSTU_UNROLL
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-        uint32_t ka[4], va[4];
+        uint32_t ka[4];
         load_a<kHeadDim>(ka, s_k, warp * 16, kk * 16, l.lane);
-        load_a<kHeadDim>(va, s_v, warp * 16, kk * 16, l.lane);
         HSTU_UNROLL
         for (int np = 0; np < kBlockM / 16; ++np) {
-          uint32_t bq[4], bo[4];
+          uint32_t bq[4];
           load_b_nk<kHeadDim>(bq, tq, np * 16, kk * 16, l.lane);
           arch::mma_16816<Element>(st[2 * np], ka, bq[0], bq[1]);
           arch::mma_16816<Element>(st[2 * np + 1], ka, bq[2], bq[3]);
+        }
+      }
+      HSTU_UNROLL
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        uint32_t va[4];
+        load_a<kHeadDim>(va, s_v, warp * 16, kk * 16, l.lane);
+        HSTU_UNROLL
+        for (int np = 0; np < kBlockM / 16; ++np) {
+          uint32_t bo[4];
           load_b_nk<kHeadDim>(bo, tdo, np * 16, kk * 16, l.lane);
           arch::mma_16816<Element>(dpt[2 * np], va, bo[0], bo[1]);
           arch::mma_16816<Element>(dpt[2 * np + 1], va, bo[2], bo[3]);
@@ -217,15 +226,23 @@ struct AttentionBwdKernel {
       // dv += a^T do, dk += ds^T q (queries are the reduction axis)
       HSTU_UNROLL
       for (int kk = 0; kk < kBlockM / 16; ++kk) {
-        uint32_t pa[4], dsa[4];
+        uint32_t pa[4];
         c_to_a<Element>(pa, st[2 * kk], st[2 * kk + 1]);
-        c_to_a<Element>(dsa, dpt[2 * kk], dpt[2 * kk + 1]);
         HSTU_UNROLL
         for (int dp = 0; dp < kHeadDim / 16; ++dp) {
-          uint32_t bo[4], bq[4];
+          uint32_t bo[4];
           load_b_kn<kHeadDim>(bo, tdo, kk * 16, dp * 16, l.lane);
           arch::mma_16816<Element>(acc_dv[2 * dp], pa, bo[0], bo[1]);
           arch::mma_16816<Element>(acc_dv[2 * dp + 1], pa, bo[2], bo[3]);
+        }
+      }
+      HSTU_UNROLL
+      for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        uint32_t dsa[4];
+        c_to_a<Element>(dsa, dpt[2 * kk], dpt[2 * kk + 1]);
+        HSTU_UNROLL
+        for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+          uint32_t bq[4];
           load_b_kn<kHeadDim>(bq, tq, kk * 16, dp * 16, l.lane);
           arch::mma_16816<Element>(acc_dk[2 * dp], dsa, bq[0], bq[1]);
           arch::mma_16816<Element>(acc_dk[2 * dp + 1], dsa, bq[2], bq[3]);

@@ -36,8 +36,21 @@ using Stream = cudaStream_t;
 using LaunchStatus = cudaError_t;
 constexpr LaunchStatus kLaunchOk = cudaSuccess;
 
+// the largest dynamic shared memory a CTA may opt into, per target (checked when each target is compiled).
+// note: sm_80 code also runs on sm_86 / sm_89, which allow only 99 KiB: kernels above that fail to launch there
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr int kMaxDynamicSmem = 227 * 1024;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870)
+constexpr int kMaxDynamicSmem = 163 * 1024;
+#else
+constexpr int kMaxDynamicSmem = 99 * 1024;
+#endif
+
 template <typename Kernel, typename Params>
 __global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm) kernel_entry(const Params params) {
+#if defined(__CUDA_ARCH__)
+  static_assert(Kernel::kSmemBytes <= kMaxDynamicSmem, "the kernel's shared memory exceeds this target's limit");
+#endif
   Kernel::run(params);
 }
 
