@@ -13,7 +13,8 @@ Writes a per-kernel table (registers, spills, stack, compile time) to ``bench/re
 (``--out``). ``--subset quick`` compiles the representative subset the CI test runs
 (``tests/test_cuda_compile.py``): bf16 at head dim 128 for both targets (forward, backward with its dq and
 reduction kernels, cached scoring), the bf16 head-dim-64 backward on sm_90a and the fp16 head-dim-64 forward on
-sm_80 (the fp16 conversions and mma); the rest instantiate the same templates with other constants. ``--subset full`` (the default) compiles every file.
+sm_80 (the fp16 conversions and mma); the rest instantiate the same templates with other constants.
+``--subset full`` (the default) compiles every file.
 
     python bench/cuda_compile_check.py                   # everything, all cores
     python bench/cuda_compile_check.py --subset quick -j 2
@@ -65,7 +66,8 @@ def demangle(names):
 
 
 def short_name(full):
-    """'hstu::arch::kernel_entry<hstu::AttentionFwdKernel<hstu::bf16, 128, ...>, ...>(...)' -> 'AttentionFwdKernel<bf16, 128, ...>'."""
+    """'hstu::arch::kernel_entry<hstu::AttentionFwdKernel<hstu::bf16, 128, ...>, ...>(...)'
+    -> 'AttentionFwdKernel<bf16, 128, ...>'."""
     m = re.search(r"kernel_entry<hstu::(\w+(?:<[^<>]*>)?)", full)
     name = m.group(1) if m else full
     return name.replace("hstu::", "")

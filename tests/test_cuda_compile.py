@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import cuda_compile_check  # noqa: E402
 
-pytestmark = pytest.mark.skipif(cuda_compile_check.nvcc_path() is None, reason="nvcc not found (PATH, $NVCC, $CUDA_HOME)")
+pytestmark = pytest.mark.skipif(cuda_compile_check.nvcc_path() is None,
+                                reason="nvcc not found (PATH, $NVCC, $CUDA_HOME)")
 
 
 def test_quick_subset_compiles_clean(tmp_path):

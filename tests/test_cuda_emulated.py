@@ -13,8 +13,8 @@ precision vs fp64 naive) + atol, for the output and all five gradients. Skipped 
 
 import pytest
 import torch
-
 from cuda_host import build as cbuild
+
 from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention
 from hstu_kernels.ops.hstu_cached_attention.naive import naive_hstu_cached_attention
 

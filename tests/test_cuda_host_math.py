@@ -18,8 +18,8 @@ import random
 
 import pytest
 import torch
-
 from cuda_host import build as cbuild
+
 from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention
 
 pytestmark = pytest.mark.skipif(cbuild.host_compiler() is None, reason="no host C++ compiler (g++ or $CXX)")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cuda_host import build as cbuild
+
 from hstu_kernels.ops.common import cuda_build, cuda_ext
 from hstu_kernels.ops.hstu_attention import cuda_impl
 from hstu_kernels.ops.hstu_attention.naive import naive_hstu_attention
@@ -70,8 +70,8 @@ def small_batch(dtype=torch.bfloat16, D=64, L=12, H=2):
      "bfloat16 or float16"),
     (dict(v=torch.zeros(12, 2, 32, dtype=torch.bfloat16)), ValueError, "Dqk == Dv"),
     (dict(seq_offsets=torch.tensor([0.0, 12.0])), TypeError, "seq_offsets"),
-    (dict(time_weight=torch.zeros(2, 18), time_boundaries=torch.arange(17), timestamps=torch.zeros(12, dtype=torch.long)),
-     ValueError, "at most 16"),
+    (dict(time_weight=torch.zeros(2, 18), time_boundaries=torch.arange(17),
+          timestamps=torch.zeros(12, dtype=torch.long)), ValueError, "at most 16"),
     (dict(pos_weight=torch.zeros(2, 5)), ValueError, "pos_weight"),
 ])
 def test_bad_arguments_name_the_argument(change, error, match):
@@ -261,7 +261,8 @@ def test_cached_through_the_emulated_op(emulated_ops):
         out = cached_cuda_impl.hstu_cached_attention_cuda(*args, **kw)
         low = naive_hstu_cached_attention(*args, **kw)
         ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        ref_kw = {n: (x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x) for n, x in kw.items()}
+        ref_kw = {n: (x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x)
+                  for n, x in kw.items()}
         ref = naive_hstu_cached_attention(*ref_args, **ref_kw)
     err, low_err = (out.double() - ref).abs().max().item(), (low.double() - ref).abs().max().item()
     assert err <= 2 * low_err + 1e-3 * max(1.0, ref.abs().max().item())
