@@ -1,15 +1,31 @@
-"""Build script: pure Python by default, plus the CUDA extension when it can (or is asked to) be built.
+"""Build script: pure Python by default, plus the CUDA extension ``hstu_kernels._C`` when it can (or is asked to)
+be built.
 
-The extension is built when ``HSTU_BUILD_CUDA=1``, or when nvcc and a CUDA build of torch are both present.
-``HSTU_SKIP_CUDA_BUILD=1`` forces a pure-Python install. Target architectures come from
-``HSTU_CUDA_ARCHS`` (default ``90``: Hopper), never from the build machine's GPU.
+The extension is built when ``HSTU_BUILD_CUDA=1``, or when nvcc and a CUDA build of torch are both present;
+``HSTU_SKIP_CUDA_BUILD=1`` forces a pure-Python install (so a CPU ``pip install -e .`` compiles nothing).
+``HSTU_CUDA_ARCHS`` names the targets (default ``80;90a``: Ampere and Hopper, never the build machine's GPU),
+``HSTU_CUDA_HDIMS`` narrows the head dims (default ``64,128``). Sources and flags come from
+``hstu_kernels/ops/common/cuda_build.py``, which the JIT path (``cuda_jit.py``) shares. Needs
+``--no-build-isolation`` (torch must be importable at build time); ninja compiles the instantiations in parallel
+(``MAX_JOBS`` caps the jobs).
 """
 
-import glob
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _build_config():
+    """hstu_kernels/ops/common/cuda_build.py, loaded by path: importing the package would import torch and more."""
+    spec = importlib.util.spec_from_file_location("_hstu_cuda_build", ROOT / "hstu_kernels/ops/common/cuda_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _cuda_extensions():
@@ -23,22 +39,23 @@ def _cuda_extensions():
         if asked:
             raise RuntimeError("HSTU_BUILD_CUDA=1 needs torch importable at build time: use --no-build-isolation")
         return [], {}
-    can = torch.version.cuda is not None and shutil.which("nvcc") is not None
-    if not (asked or can):
+    has_nvcc = shutil.which("nvcc") is not None or os.environ.get("CUDA_HOME") is not None
+    cuda_torch = torch.version.cuda is not None
+    if not (cuda_torch and has_nvcc):
+        if asked:
+            raise RuntimeError(
+                f"HSTU_BUILD_CUDA=1 needs nvcc and a CUDA build of torch (nvcc found: {has_nvcc}, "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda})"
+            )
         return [], {}
-    sources = sorted(glob.glob("csrc/**/*.cu", recursive=True) + glob.glob("csrc/**/*.cpp", recursive=True))
-    if not sources:
-        # no CUDA kernels exist yet (see csrc/README.md): nothing to compile
-        return [], {}
-    archs = os.environ.get("HSTU_CUDA_ARCHS", "90").split(",")
-    gencode = []
-    for arch in archs:
-        gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    cfg = _build_config()
+    archs, dims = cfg.archs(), cfg.head_dims()
+    sources = [os.path.relpath(p, ROOT) for p in cfg.sources(ROOT, dims, archs)]
     ext = CUDAExtension(
         name="hstu_kernels._C",
         sources=sources,
-        include_dirs=[os.path.abspath("csrc/include")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", *gencode]},
+        include_dirs=cfg.include_dirs(ROOT),
+        extra_compile_args={"cxx": cfg.cxx_flags(dims), "nvcc": cfg.nvcc_flags(archs, dims)},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -75,13 +75,16 @@ class BackendRegistry:
                 return name
         raise ValueError(f"{self.op}: no fused backend can take these inputs: {self.format(reasons)}")
 
-    def available(self, *probe, cuda: bool) -> Dict[str, List[str]]:
+    def available(self, probes, *, cuda: bool) -> Dict[str, List[str]]:
         """For each fast backend, the reasons it can take no input at all on this machine (empty: it may).
 
-        ``probe``: small CPU inputs; with ``cuda`` (a CUDA device is present) a backend that only objects to CPU
-        tensors may still serve CUDA tensors."""
+        ``probes``: argument tuples of small CPU inputs; a backend's answer is its shortest list over them. With
+        ``cuda`` (a CUDA device is present) a backend that only objects to CPU tensors may still serve CUDA
+        tensors."""
         out = {}
         for name in self.fast:
-            reasons = self._backends[name].reasons(*probe)
-            out[name] = [r for r in reasons if "CUDA tensors" not in r] if cuda else reasons
+            found = [self._backends[name].reasons(*probe) for probe in probes]
+            if cuda:
+                found = [[r for r in reasons if "CUDA tensors" not in r] for reasons in found]
+            out[name] = min(found, key=len)
         return out

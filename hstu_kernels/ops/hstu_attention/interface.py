@@ -9,17 +9,17 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..common.registry import Backend, BackendRegistry, unavailable
+from ..common.registry import Backend, BackendRegistry
 
-# triton_impl imports Triton only when a kernel first runs: `import hstu_kernels` never needs Triton
-from . import triton_impl
+# the backends import Triton / load the CUDA extension only when first asked: `import hstu_kernels` needs neither
+from . import cuda_impl, triton_impl
 from .checks import check_hstu_attention_args
 from .naive import naive_hstu_attention
 
 # reasons(q, k, v, pos_weight, time_weight, time_boundaries); fastest first, the reference last.
 # Functions are bound here, not looked up per call, so torch.compile traces dispatch without graph breaks.
 REGISTRY = BackendRegistry("hstu_attention", [
-    Backend("cuda", unavailable("the CUDA extension is not built (hstu_kernels._C is missing)"), None),
+    Backend("cuda", cuda_impl.unsupported_reasons, cuda_impl.hstu_attention_cuda),
     Backend("triton", triton_impl.unsupported_reasons, triton_impl.hstu_attention_triton),
     Backend("torch", lambda *a, **kw: [], naive_hstu_attention, fast=False),
 ])
@@ -44,8 +44,9 @@ def fused_backend(q, k, v, pos_weight=None, time_weight=None, time_boundaries=No
 
 def fast_backends_available() -> Dict[str, List[str]]:
     """For each fast backend, the reasons it can take no input at all on this machine (empty: it may)."""
-    probe = torch.empty(0, 1, 16)
-    return REGISTRY.available(probe, probe, probe, None, None, None, cuda=torch.cuda.is_available())
+    # a backend is available when it takes one of these: fp32 at D = 16 (the interpreter's) or bf16 at D = 64
+    probes = [torch.empty(0, 1, 16), torch.empty(0, 1, 64, dtype=torch.bfloat16)]
+    return REGISTRY.available([(p, p, p, None, None, None) for p in probes], cuda=torch.cuda.is_available())
 
 
 def hstu_attention(

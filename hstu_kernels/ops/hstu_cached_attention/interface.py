@@ -1,7 +1,7 @@
 """The public ``hstu_cached_attention``: checks arguments, then dispatches to a backend through the op's registry.
 
 Backends: ``"torch"`` (the naive op, CPU and GPU, differentiable) and ``"triton"`` (the fused kernel, forward
-only); ``"cuda"`` says it is not built. ``"auto"`` takes Triton for CUDA tensors it can serve (and no gradient is
+only), ``"cuda"`` (the CUDA extension, forward only, when built). ``"auto"`` takes Triton for CUDA tensors it can serve (and no gradient is
 being recorded), the naive op otherwise. An explicit backend that cannot take the inputs raises a ``ValueError``
 with every backend's reasons (``common/registry.py``).
 """
@@ -10,14 +10,14 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..common.registry import Backend, BackendRegistry, unavailable
-from . import triton_impl
+from ..common.registry import Backend, BackendRegistry
+from . import cuda_impl, triton_impl
 from .checks import check_hstu_cached_attention_args
 from .naive import naive_hstu_cached_attention
 
 # reasons(q, k, v, pos_weight, time_weight, time_boundaries, needs_grad); fastest first, the reference last
 REGISTRY = BackendRegistry("hstu_cached_attention", [
-    Backend("cuda", unavailable("the CUDA extension is not built (hstu_kernels._C is missing)"), None),
+    Backend("cuda", cuda_impl.unsupported_reasons, cuda_impl.hstu_cached_attention_cuda),
     Backend("triton", triton_impl.unsupported_reasons, triton_impl.hstu_cached_attention_triton),
     Backend("torch", lambda *a, **kw: [], naive_hstu_cached_attention, fast=False),
 ])
