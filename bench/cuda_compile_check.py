@@ -9,6 +9,10 @@ against ``csrc/include`` only (the torch launchers are not compiled here), with 
 - register spills above the budget (``--spill-budget`` bytes of spill stores + loads per kernel; default 0),
 - a kernel that uses a stack frame beyond the budget (local arrays that did not stay in registers).
 
+``--launchers`` also compiles the torch launchers (``csrc/*/launch.cu`` with nvcc, ``csrc/bindings.cpp`` with the host
+compiler) against the installed torch's headers, a syntax and type check (a CPU wheel of torch lacks one
+generated CUDA header, which is stubbed).
+
 Writes a per-kernel table (registers, spills, stack, compile time) to ``bench/results/cuda_compile_check.txt``
 (``--out``). ``--subset quick`` compiles the representative subset the CI test runs
 (``tests/ops/test_cuda_compile.py``): bf16 at head dim 128 for both targets (forward, backward with its dq and
@@ -104,6 +108,36 @@ def compile_one(nvcc, path, arch, workdir, extra):
             "output": res.stdout + res.stderr, "cmd": " ".join(cmd)}
 
 
+def compile_launchers(nvcc, workdir):
+    """Compile the torch-facing sources against torch's headers: [(name, rc, seconds, output)]."""
+    import sysconfig
+
+    import torch
+
+    inc = Path(torch.__file__).parent / "include"
+    stub = Path(workdir) / "stub"
+    macros = stub / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    if not (inc / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").exists():
+        macros.parent.mkdir(parents=True, exist_ok=True)
+        macros.write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    includes = ["-I", str(ROOT / "csrc" / "include"), "-I", str(ROOT / "csrc"), "-I", str(stub),
+                "-isystem", str(inc), "-isystem", str(inc / "torch" / "csrc" / "api" / "include"),
+                "-isystem", sysconfig.get_paths()["include"]]
+    defines = ["-DHSTU_HDIM_64", "-DHSTU_HDIM_128", "-DTORCH_EXTENSION_NAME=_C"]
+    cxx = os.environ.get("CXX", "g++")
+    jobs = [(src, [nvcc, "-std=c++17", "-O2", "-c", str(ROOT / src), "-o", str(Path(workdir) / "l.o"),
+                   "-gencode", "arch=compute_80,code=sm_80", *includes, *defines])
+            for src in ("csrc/hstu_attention/launch.cu", "csrc/hstu_cached_attention/launch.cu")]
+    jobs.append(("csrc/bindings.cpp", [cxx, "-std=c++17", "-O1", "-fPIC", "-c", str(ROOT / "csrc" / "bindings.cpp"),
+                                       "-o", str(Path(workdir) / "b.o"), *includes, *defines]))
+    out = []
+    for name, cmd in jobs:
+        t0 = time.time()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        out.append((name, res.returncode, time.time() - t0, res.stdout + res.stderr))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subset", choices=("full", "quick"), default="full")
@@ -112,6 +146,7 @@ def main(argv=None):
     ap.add_argument("--stack-budget", type=int, default=0, help="max bytes of stack frame per kernel")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cuda_compile_check.txt"))
     ap.add_argument("--extra", default="", help="extra nvcc flags, space separated")
+    ap.add_argument("--launchers", action="store_true", help="also compile the torch launchers (needs torch)")
     args = ap.parse_args(argv)
 
     nvcc = nvcc_path()
@@ -127,9 +162,14 @@ def main(argv=None):
     t0 = time.time()
     with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = list(pool.map(lambda job: compile_one(nvcc, *job, workdir, args.extra.split()), jobs))
+        launchers = compile_launchers(nvcc, workdir) if args.launchers else []
     wall = time.time() - t0
 
     failures, rows = [], []
+    for name, rc, _, output in launchers:
+        problems = [ln for ln in output.splitlines() if re.search(r"\b(error|warning)\b", ln, re.I)]
+        if rc != 0 or problems:
+            failures.append(f"{name}: {'compile failed' if rc else 'warnings'}\n    " + "\n    ".join(problems[:5]))
     for r in results:
         if r["rc"] != 0:
             errors = [ln for ln in r["output"].splitlines() if "error" in ln.lower()][:5]
@@ -168,6 +208,9 @@ def main(argv=None):
                      f"{k['stack']:>5}  {k['file']}")
     lines.append("")
     lines.append("compile seconds: " + ", ".join(f"{r['file']}@sm_{r['arch']} {r['seconds']:.0f}" for r in results))
+    if launchers:
+        lines.append("torch launchers (against the installed torch's headers): " + ", ".join(
+            f"{name} {'ok' if rc == 0 else 'FAILED'} ({sec:.0f} s)" for name, rc, sec, _ in launchers))
     lines.append("")
     lines.append("RESULT: " + ("PASS" if not failures else f"FAIL ({len(failures)})"))
     lines += failures
