@@ -93,6 +93,8 @@ inline void fill_bias(hstu::BiasParams& b, int64_t max_seq_len, int64_t heads, c
 }
 
 inline void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err != cudaErrorInvalidConfiguration, "hstu_kernels: ", what, " needs more shared memory per block "
+              "than this GPU allows (the kernels target A100 / H100-class GPUs: 163 / 227 KiB)");
   TORCH_CHECK(err == cudaSuccess, "hstu_kernels: ", what, " launch failed: ", cudaGetErrorString(err));
 }
 

@@ -59,6 +59,11 @@ inline LaunchStatus launch_kernel(Dim3 grid, const Params& params, Stream stream
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return cudaSuccess;
   auto fn = kernel_entry<Kernel, Params>;
   if (Kernel::kSmemBytes > 48 * 1024) {
+    // a clear error instead of cudaFuncSetAttribute's "invalid argument" on GPUs with less shared memory
+    int device = 0, optin = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (optin > 0 && Kernel::kSmemBytes > optin) return cudaErrorInvalidConfiguration;
     const cudaError_t err =
         cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Kernel::kSmemBytes));
     if (err != cudaSuccess) return err;
