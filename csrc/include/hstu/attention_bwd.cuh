@@ -33,6 +33,7 @@
 #include "host/workspace.h"
 #include "mask.h"
 #include "params.h"
+#include "program.h"
 #include "score_bias.h"
 #include "tile.h"
 
@@ -77,13 +78,9 @@ struct AttentionBwdKernel {
   static constexpr int kSmemBytes = kHistOffset + (kHasTime ? kMaxBuckets * kNThreads * 4 : 0);
 
   static HSTU_DEVICE HSTU_FORCEINLINE void run(const AttentionBwdParams& p) {
-    const int bh = arch::block_idx_x();
-    const int b = bh / p.num_heads;
-    const int h = bh % p.num_heads;
     const int key_block = arch::block_idx_y();
-    const int seq_start = arch::load_global(p.seq_offsets + b);
-    const int n = arch::load_global(p.seq_offsets + b + 1) - seq_start;
-    const int n0 = key_block * kBlockN;
+    const ProgramBlock pb = program_block<kBlockN>(p.seq_offsets, p.num_heads, key_block);
+    const int b = pb.b, h = pb.h, seq_start = pb.start, n = pb.n, n0 = pb.row0;
     if (n0 >= n) return;
     const int u = p.num_targets != nullptr ? n - arch::load_global(p.num_targets + b) : n;
     const int window = p.max_attn_len;
@@ -390,13 +387,10 @@ struct AttentionDqKernel {
   static constexpr int kSmemBytes = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
 
   static HSTU_DEVICE HSTU_FORCEINLINE void run(const AttentionBwdParams& p) {
-    const int bh = arch::block_idx_x();
-    const int b = bh / p.num_heads;
-    const int h = bh % p.num_heads;
+    // query blocks in reverse order: the longest (most expensive) start first
     const int m_block = arch::grid_dim_y() - 1 - arch::block_idx_y();
-    const int seq_start = arch::load_global(p.seq_offsets + b);
-    const int n = arch::load_global(p.seq_offsets + b + 1) - seq_start;
-    const int m0 = m_block * kBlockM;
+    const ProgramBlock pb = program_block<kBlockM>(p.seq_offsets, p.num_heads, m_block);
+    const int b = pb.b, h = pb.h, seq_start = pb.start, n = pb.n, m0 = pb.row0;
     if (m0 >= n) return;
     const int u = p.num_targets != nullptr ? n - arch::load_global(p.num_targets + b) : n;
     const int window = p.max_attn_len;

@@ -16,6 +16,7 @@
 #include "arch/arch.h"
 #include "fragment.h"
 #include "params.h"
+#include "program.h"
 #include "score_bias.h"
 #include "tile.h"
 
@@ -48,12 +49,8 @@ struct CachedFwdKernel {
   static constexpr int kSmemBytes = kTimeOffset + (kHasTime ? kTimeTableBytes : 0);
 
   static HSTU_DEVICE HSTU_FORCEINLINE void run(const CachedFwdParams& p) {
-    const int bh = arch::block_idx_x();
-    const int b = bh / p.num_heads;
-    const int h = bh % p.num_heads;
-    const int c0 = arch::load_global(p.cand_offsets + b);
-    const int nc = arch::load_global(p.cand_offsets + b + 1) - c0;
-    const int m0 = arch::block_idx_y() * kBlockM;
+    const ProgramBlock pb = program_block<kBlockM>(p.cand_offsets, p.num_heads, arch::block_idx_y());
+    const int b = pb.b, h = pb.h, c0 = pb.start, nc = pb.n, m0 = pb.row0;
     if (m0 >= nc) return;
     const int h0 = arch::load_global(p.cache_offsets + b);
     const int m = arch::load_global(p.cache_offsets + b + 1) - h0;
