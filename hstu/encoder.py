@@ -6,6 +6,7 @@ from torch import nn
 from hstu_kernels import check_hstu_attention_args, check_hstu_cached_attention_args
 
 from .actions import UNKNOWN
+from .attention_plan import AttentionPlan
 from .bias import DEFAULT_TIME_BOUNDARIES
 from .block import HSTUBlock
 from .embedding import FusedInputEmbedding
@@ -24,6 +25,10 @@ class HSTUEncoder(nn.Module):
     block against the cache, in microbatches, with the same result as ``forward`` on history + candidates as
     targets.
     """
+
+    # the unfused SiLU path shares one AttentionPlan per batch across blocks; False: every block calls the op
+    # (backend="torch") and recomputes it (bench/bench_train.py times both)
+    use_plan = True
 
     def __init__(
         self,
@@ -70,15 +75,31 @@ class HSTUEncoder(nn.Module):
         check: bool = True,
     ) -> torch.Tensor:
         x = self.input_dropout(self.embedding(items, actions))
+        longest = None
         if check:
             # the offsets, targets and timestamps are the same for every layer: check them once
-            check_hstu_attention_args(
+            longest = check_hstu_attention_args(
                 x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
                 num_targets=num_targets,
             )
+        plan = self._plan(seq_offsets, timestamps, num_targets, longest)
         for block in self.blocks:
-            x = block(x, seq_offsets, timestamps, num_targets, check=False)
+            x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan)
         return x
+
+    def _plan(self, seq_offsets, timestamps, num_targets, longest) -> Optional[AttentionPlan]:
+        """The batch's shared attention plan for the unfused SiLU path (None: the blocks use the op)."""
+        first = self.blocks[0]
+        if not self.use_plan or first.fused or first.attn_activation != "silu":
+            return None
+        if longest is None:
+            longest = int((seq_offsets[1:] - seq_offsets[:-1]).max()) if seq_offsets.shape[0] > 1 else 0
+        kw = first._attn_kwargs(timestamps)
+        return AttentionPlan.build(
+            seq_offsets, self.max_seq_len, longest, timestamps=timestamps, time_boundaries=kw.get("time_boundaries"),
+            num_targets=num_targets, max_attn_len=first.max_attn_len, with_pos=kw.get("pos_weight") is not None,
+            with_time=kw.get("time_weight") is not None,
+        )
 
     def forward_padded(
         self,

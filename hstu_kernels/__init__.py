@@ -1,9 +1,10 @@
 """Fused GPU kernels for HSTU. Each op lives in ``hstu_kernels/ops/<op>/`` beside its naive reference.
 
 The names here are the public API the model (``hstu/``) uses: the two ops, their references, argument checks,
-backend choice, and the jagged helpers.
+backend choice, the jagged helpers and the bias-table lookup.
 """
 
+from .ops.common.bias import bias_lookup
 from .ops.common.jagged import jagged_to_padded
 from .ops.hstu_attention import (
     backend_reasons,
@@ -25,5 +26,5 @@ __all__ = [
     "hstu_attention", "naive_hstu_attention", "naive_hstu_attention_padded", "hstu_scores_padded", "masked_product", "run_on_padded",
     "check_hstu_attention_args", "backend_reasons", "fast_backends_available", "fused_backend",
     "hstu_cached_attention", "naive_hstu_cached_attention", "check_hstu_cached_attention_args",
-    "fused_cached_backend", "jagged_to_padded", "__version__",
+    "fused_cached_backend", "jagged_to_padded", "bias_lookup", "__version__",
 ]

@@ -1,0 +1,125 @@
+"""The reference path's attention, arranged for speed: what every block shares is built once per batch.
+
+``hstu_kernels.hstu_attention(backend="torch")`` (the op's meaning) recomputes, in every block, the padding, the
+mask, the relative positions and the time buckets of the batch: about a dozen passes over ``[B, N, N]`` int64
+tensors per block and direction, which dominate a CPU training step at MovieLens sizes. Those depend only on the
+batch, so ``AttentionPlan.build`` computes them once (one combined index into the position x time-bucket table);
+each block then does two products, one table lookup, one SiLU and one mask. Same meaning as the op (tested
+against it), for finite inputs; the op's non-finite contract is the op's, not this path's (the model stops on
+non-finite values before they matter).
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from hstu_kernels import bias_lookup
+
+
+@dataclass
+class AttentionPlan:
+    """One batch's padded layout, mask and bias index, shared by every block.
+
+    ``rows [L]``: each jagged row's index in the padded ``[B * N]`` layout. ``valid [B, 1, N, N]`` bool.
+    ``bias_index [B, N, N]`` int64 into the flattened ``[2 * max_seq_len - 1, num_buckets]`` table
+    (``rel * num_buckets + bucket``; ``num_buckets`` is 1 without time bias), or None without any bias.
+    """
+
+    rows: torch.Tensor
+    batch: int
+    max_len: int
+    max_seq_len: int
+    valid: torch.Tensor
+    bias_index: Optional[torch.Tensor]
+    num_buckets: int
+    with_pos: bool
+    with_time: bool
+
+    @classmethod
+    def build(cls, seq_offsets, max_seq_len: int, max_len: int, *, timestamps=None, time_boundaries=None,
+              num_targets=None, max_attn_len: int = 0, with_pos: bool = True, with_time: bool = True):
+        """``seq_offsets [B+1]``, ``timestamps [L]`` int64 (None: no time bias), ``num_targets [B]``;
+        ``max_len``: the longest segment (the caller knows it without a host sync)."""
+        device = seq_offsets.device
+        lengths = seq_offsets[1:] - seq_offsets[:-1]
+        B, N = lengths.shape[0], max_len
+        ar = torch.arange(N, device=device)
+        tok = ar[None, :] < lengths[:, None]
+        rows = (torch.arange(B, device=device)[:, None] * N + ar[None, :])[tok]
+        u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
+        p = torch.minimum(ar[None, :], u[:, None])
+        p_i, p_j = p[:, :, None], p[:, None, :]
+        valid = p_j < p_i
+        if max_attn_len > 0:
+            valid &= p_i - p_j <= max_attn_len
+        valid |= torch.eye(N, dtype=torch.bool, device=device)[None]
+        valid &= tok[:, :, None] & tok[:, None, :]
+        with_time = with_time and timestamps is not None
+        nb = len(time_boundaries) + 1 if with_time else 1
+        index = None
+        if with_pos:
+            index = (p_i - p_j + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2) * nb
+        if with_time:
+            ts = _pad(timestamps.to(torch.int64), rows, B, N)
+            # rebased per sequence so that the gaps fit int32 (half the memory traffic of int64)
+            ts = ts - ts[:, :1]
+            if ts.numel() and int(ts.abs().max()) < 2**30:
+                ts, time_boundaries = ts.to(torch.int32), time_boundaries.clamp(max=2**31 - 1).to(torch.int32)
+            bucket = torch.bucketize((ts[:, :, None] - ts[:, None, :]).abs_(), time_boundaries, right=True)
+            index = bucket if index is None else index.add_(bucket)
+        return cls(rows, B, N, max_seq_len, valid[:, None], index, nb, with_pos, with_time)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [L, ...]`` -> ``[B, N, ...]`` (zeros past each length)."""
+        return _pad(x, self.rows, self.batch, self.max_len)
+
+    def bias(self, pos_weight, time_weight, dtype) -> Optional[torch.Tensor]:
+        """``[B, Hb, N, N]`` from the block's tables (``pos_weight [Hb, 2N - 1]``, ``time_weight [Hb, nb]``)."""
+        if self.bias_index is None:
+            return None
+        if (pos_weight is not None) != self.with_pos or (time_weight is not None) != self.with_time:
+            raise ValueError("AttentionPlan: the block's bias tables differ from the ones the plan was built for")
+        if self.with_pos and self.with_time:
+            table = (pos_weight[:, :, None] + time_weight[:, None, :]).flatten(1)
+        else:
+            table = pos_weight if self.with_pos else time_weight
+        return bias_lookup(table.to(dtype), self.bias_index)
+
+    def attention(self, q, k, v, *, alpha: float = 1.0, pos_weight=None, time_weight=None) -> torch.Tensor:
+        """``q, k, v [L, H, d]`` -> ``[L, H, d]``: ``sum_valid SiLU(alpha q.k + bias) v / max_seq_len``."""
+        compute = torch.promote_types(q.dtype, torch.float32)
+        qp, kp, vp = (self.pad(t.to(compute)).transpose(1, 2) for t in (q, k, v))  # [B, H, N, d]
+        s = torch.matmul(qp, kp.transpose(-1, -2))
+        if alpha != 1.0:
+            s = s * alpha
+        bias = self.bias(pos_weight, time_weight, compute)
+        if bias is not None:
+            s = s + bias
+        a = torch.where(self.valid, F.silu(s), torch.zeros((), dtype=compute, device=s.device))
+        out = torch.matmul(a, vp) / self.max_seq_len  # [B, H, N, d]
+        flat = out.transpose(1, 2).reshape(self.batch * self.max_len, *q.shape[1:-1], v.shape[-1])
+        return _Rows.apply(flat, self.rows).to(q.dtype)
+
+
+class _Rows(torch.autograd.Function):
+    """``x[rows]`` for distinct ``rows``: the gradient is a copy into those rows (autograd's generic gradient
+    of an index is an accumulating scatter, serial on the CPU and the slowest step of a training step)."""
+
+    @staticmethod
+    def forward(ctx, x, rows):
+        ctx.save_for_backward(rows)
+        ctx.num_rows = x.shape[0]
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.num_rows, *grad.shape[1:])).index_copy_(0, rows, grad), None
+
+
+def _pad(x: torch.Tensor, rows: torch.Tensor, B: int, N: int) -> torch.Tensor:
+    # index_copy: its gradient is a gather
+    out = x.new_zeros((B * N, *x.shape[1:]))
+    return out.index_copy(0, rows, x).reshape(B, N, *x.shape[1:])

@@ -1,0 +1,45 @@
+"""bench/bench_train.py on a tiny generated folder: both variants train, agree on the metrics, and the results
+file holds their epoch times."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "models"))
+
+from test_train import write_synthetic_ml1m
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_before_and_after_agree(tmp_path):
+    from hstu import evaluate
+    from hstu.encoder import HSTUEncoder
+
+    data = write_synthetic_ml1m(tmp_path / "data", users=12, length=10)
+    rows = load_bench().main(["--data-dir", str(data), "--epochs", "2", "--batch-size", "4", "--max-seq-len", "8",
+                              "--tag", "smoke", "--out", str(tmp_path)])
+    before, after = rows
+    assert (before["variant"], after["variant"]) == ("before", "after")
+    assert len(before["epoch_s"]) == len(after["epoch_s"]) == 2 and all(s > 0 for s in after["epoch_s"])
+    # the speed-ups change the arithmetic's order only: same batches, same model
+    for key in ("valid_NDCG@10", "valid_HR@10", "valid_RMSE", "loss"):
+        assert after[key] == pytest.approx(before[key], abs=2e-3), key
+    saved = json.loads((tmp_path / "bench_train_smoke.json").read_text())
+    assert [r["variant"] for r in saved["rows"]] == ["before", "after"] and saved["header"]["epochs"] == 2
+    # the switches are restored for whatever runs next
+    assert HSTUEncoder.use_plan and evaluate.SORT_BY_LENGTH
+
+
+def test_bench_train_rejects_unknown_variant():
+    with pytest.raises(SystemExit):
+        load_bench().parse_args(["--variants", "fast"])

@@ -1,0 +1,102 @@
+"""The encoder's shared attention plan has the meaning of the op it replaces (``backend="torch"``)."""
+
+import pytest
+import torch
+
+from hstu.attention_plan import AttentionPlan
+from hstu.encoder import HSTUEncoder
+from hstu.jagged import lengths_to_offsets
+from hstu_kernels import hstu_attention
+
+MAX_SEQ_LEN = 12
+BOUNDARIES = torch.tensor([30, 600, 86400, 10**7])
+
+
+def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype=torch.float64, span=10**6):
+    g = torch.Generator().manual_seed(seed)
+    offsets = lengths_to_offsets(torch.tensor(lengths))
+    L, H, d = sum(lengths), 2, 4
+    q, k, v = (torch.randn(L, H, d, generator=g, dtype=dtype).requires_grad_() for _ in range(3))
+    pos = torch.randn(1, 2 * MAX_SEQ_LEN - 1, generator=g, dtype=dtype).requires_grad_() if with_pos else None
+    tw = torch.randn(1, len(BOUNDARIES) + 1, generator=g, dtype=dtype).requires_grad_() if with_time else None
+    ts = torch.sort(torch.randint(0, span, (L,), generator=g)).values if with_time else None
+    nt = torch.tensor(targets) if targets is not None else None
+    kw = dict(alpha=0.7, pos_weight=pos, time_weight=tw)
+    ref = hstu_attention(q, k, v, offsets, MAX_SEQ_LEN, timestamps=ts, time_boundaries=BOUNDARIES if with_time else None,
+                         num_targets=nt, max_attn_len=max_attn_len, backend="torch", **kw)
+    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, max(lengths, default=0), timestamps=ts,
+                               time_boundaries=BOUNDARIES if with_time else None, num_targets=nt,
+                               max_attn_len=max_attn_len, with_pos=with_pos, with_time=with_time)
+    out = plan.attention(q, k, v, **kw)
+    leaves = [t for t in (q, k, v, pos, tw) if t is not None]
+    return ref, out, leaves
+
+
+CASES = [
+    # lengths, targets, window, position bias, time bias
+    ([5, 0, 12, 1, 7], [2, 0, 3, 1, 0], 0, True, True),
+    ([5, 0, 12, 1, 7], None, 3, True, True),
+    ([3, 9, 1], [0, 2, 1], 2, False, True),
+    ([3, 9, 1], None, 0, True, False),
+    ([4, 11], [1, 4], 0, False, False),
+    ([1], None, 0, True, True),
+    ([0, 0], None, 0, True, True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_plan_matches_op_outputs_and_gradients(case):
+    lengths, targets, window, with_pos, with_time = CASES[case]
+    ref, out, leaves = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    if ref.numel() == 0:
+        return
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, leaves, grad)
+    got = torch.autograd.grad(out, leaves, grad)
+    for name, w, g in zip("q k v pos time".split(), want, got):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+def test_plan_int32_timestamps_and_large_spans_agree():
+    # spans past 2**30 s keep int64; both paths are the op's meaning
+    for span in (10**6, 2**40):
+        ref, out, _ = op_and_plan([6, 9], None, 0, True, True, seed=3, span=span)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_plan_rejects_tables_it_was_not_built_for():
+    offsets = lengths_to_offsets(torch.tensor([3]))
+    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, 3, with_pos=True, with_time=False)
+    q = torch.randn(3, 1, 4)
+    with pytest.raises(ValueError, match="bias tables"):
+        plan.attention(q, q, q, pos_weight=torch.zeros(1, 23), time_weight=torch.zeros(1, 5))
+
+
+@pytest.mark.parametrize("max_attn_len", [0, 4])
+def test_encoder_with_and_without_plan_agree(monkeypatch, max_attn_len):
+    torch.manual_seed(0)
+    enc = HSTUEncoder(40, 4, dim=16, num_layers=2, num_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.0,
+                      max_attn_len=max_attn_len, per_head_bias=True)
+    for block in enc.blocks:
+        with torch.no_grad():
+            block.bias.pos_weight.normal_()
+            block.bias.time_weight.normal_()
+    lengths = [7, 0, 12, 1]
+    L = sum(lengths)
+    items = torch.randint(1, 41, (L,))
+    actions = torch.randint(1, 4, (L,))
+    ts = torch.sort(torch.randint(0, 10**7, (L,))).values
+    offsets = lengths_to_offsets(torch.tensor(lengths))
+    targets = torch.tensor([1, 0, 2, 0])
+    outs = []
+    for use_plan in (True, False):
+        monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
+        enc.zero_grad()
+        y = enc(items, actions, offsets, ts, targets)
+        y.square().sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
+    assert len(outs[0][1]) == len(outs[1][1])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
