@@ -5,6 +5,10 @@ from torch import nn
 
 # < 1 hour, < 1 day, < 1 week, < 30 days, >= 30 days
 DEFAULT_TIME_BOUNDARIES = (3600, 86400, 604800, 2592000)
+# MovieLens rates in sessions: on ml-1m-half 54% of the gaps between consecutive ratings are 0 s and 98% under
+# 1 h, where the coarse buckets see one value; these resolve seconds to minutes (16: the most the fused kernels take)
+FINE_TIME_BOUNDARIES = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 14400, 86400, 604800, 2592000, 7776000, 31536000)
+TIME_BUCKETS = {"coarse": DEFAULT_TIME_BOUNDARIES, "fine": FINE_TIME_BOUNDARIES}
 
 
 class RelativeAttentionBias(nn.Module):

@@ -44,6 +44,7 @@ class HSTUBlock(nn.Module):
         max_attn_len: 0 for full causal attention, else a local window on positions.
         per_head_bias: one bias table per head instead of one shared by all heads.
         time_boundaries: time-bucket boundaries in seconds.
+        input_norm: LayerNorm ``x`` before the uvqk projection (the residual stream stays unnormalised).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class HSTUBlock(nn.Module):
         max_attn_len: int = 0,
         per_head_bias: bool = False,
         time_boundaries=DEFAULT_TIME_BOUNDARIES,
+        input_norm: bool = False,
     ):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
@@ -71,6 +73,7 @@ class HSTUBlock(nn.Module):
             require_fused_backend(type(self).__name__)
         self.dim, self.num_heads, self.max_seq_len = dim, num_heads, max_seq_len
         self.alpha, self.attn_activation, self.fused, self.max_attn_len = alpha, attn_activation, fused, max_attn_len
+        self.input_norm = nn.LayerNorm(dim) if input_norm else None
         self.uvqk = nn.Linear(dim, 4 * dim)
         self.bias = RelativeAttentionBias(max_seq_len, num_heads if per_head_bias else 1, time_boundaries)
         self.norm = nn.LayerNorm(dim)
@@ -79,7 +82,8 @@ class HSTUBlock(nn.Module):
 
     def project(self, x: torch.Tensor):
         """``x [..., D]`` -> ``u [..., D]`` and ``v, q, k [..., H, D / H]``: the block's pointwise projection."""
-        u, v, q, k = F.silu(self.uvqk(x)).chunk(4, dim=-1)
+        h = x if self.input_norm is None else self.input_norm(x)
+        u, v, q, k = F.silu(self.uvqk(h)).chunk(4, dim=-1)
         heads = (*x.shape[:-1], self.num_heads, self.dim // self.num_heads)
         return u, v.reshape(heads), q.reshape(heads), k.reshape(heads)
 

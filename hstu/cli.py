@@ -8,7 +8,9 @@ import argparse
 import json
 import sys
 
-from .config import MODEL_FIELDS, MODEL_RANGES, TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig
+from .config import (
+    MODEL_FIELDS, MODEL_RANGES, TIME_BUCKETS, TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig,
+)
 
 METRIC_ORDER = ("HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@50", "NDCG@200", "MRR", "RMSE", "MAE")
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -37,7 +39,8 @@ MODEL_HELP = {
 # config fields (as library errors name them) -> the flag of each command
 FLAGS = {
     "train": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "output_dir": "--output-dir",
-              "attn_activation": "--attn-activation", "fused": "--fused", "amp": "--no-amp", "resume": "--resume",
+              "attn_activation": "--attn-activation", "fused": "--fused", "input_norm": "--input-norm",
+              "time_buckets": "--time-buckets", "amp": "--no-amp", "resume": "--resume",
               "overwrite": "--overwrite", "skip_nonfinite": "--skip-nonfinite",
               **{name: "--" + name.replace("_", "-") for name in (*TRAIN_RANGES, *MODEL_RANGES)}},
     "eval": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "batch_size": "--batch-size",
@@ -101,6 +104,11 @@ def _train_parser(sub):
                            help=f"{helps[name]}; {allowed.describe()} (default {getattr(config, name)})")
     t.add_argument("--attn-activation", choices=["silu", "softmax"], help="attention nonlinearity (default silu)")
     t.add_argument("--fused", action="store_true", default=None, help="run attention on the fused GPU kernels")
+    t.add_argument("--input-norm", action="store_true", default=None,
+                   help="LayerNorm each block's input before its projection (as Meta's and rectools' HSTU)")
+    t.add_argument("--time-buckets", choices=list(TIME_BUCKETS),
+                   help="time-gap buckets of the attention bias: coarse (1 h, 1 d, 1 w, 30 d) or fine (1 s .. 1 year, "
+                        "16 boundaries) (default coarse)")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR from its last.pt; only --epochs, --patience, --lr, "

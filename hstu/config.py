@@ -12,6 +12,8 @@ from .actions import NUM_ACTIONS
 
 DATASETS = ("ml-1m", "ml-100k")
 ATTN_ACTIVATIONS = ("silu", "softmax")
+# names of hstu.bias.TIME_BUCKETS (kept here torch-free for the command line)
+TIME_BUCKETS = ("coarse", "fine")
 
 
 class ArgumentError(ValueError):
@@ -112,6 +114,10 @@ class ModelConfig:
     fused: bool = False
     temperature: float = 0.05
     num_negatives: int = 128
+    # a LayerNorm on each block's input before its uvqk projection (as Meta's and rectools' HSTU)
+    input_norm: bool = False
+    # the time-gap buckets of the relative bias: "coarse" (1 h, 1 d, 1 w, 30 d) or "fine" (seconds to a year)
+    time_buckets: str = "coarse"
 
     def __post_init__(self):
         Range(int, 1).check("num_items", self.num_items)
@@ -125,6 +131,8 @@ class ModelConfig:
                                 f"got {self.attn_activation!r}")
         if self.fused and self.attn_activation != "silu":
             raise ArgumentError("fused", "the fused kernels are SiLU attention: attn_activation must be 'silu'")
+        if self.time_buckets not in TIME_BUCKETS:
+            raise ArgumentError("time_buckets", f"must be one of {', '.join(TIME_BUCKETS)}, got {self.time_buckets!r}")
 
 
 # the model fields a training run chooses (num_items and num_actions come from the data)

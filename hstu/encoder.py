@@ -45,6 +45,7 @@ class HSTUEncoder(nn.Module):
         *,
         per_head_bias: bool = False,
         time_boundaries=DEFAULT_TIME_BOUNDARIES,
+        input_norm: bool = False,
     ):
         super().__init__()
         if fused and attn_activation != "silu":
@@ -56,6 +57,7 @@ class HSTUEncoder(nn.Module):
             HSTUBlock(
                 dim, num_heads, max_seq_len, dropout, attn_activation=attn_activation, fused=fused,
                 max_attn_len=max_attn_len, per_head_bias=per_head_bias, time_boundaries=time_boundaries,
+                input_norm=input_norm,
             )
             for _ in range(num_layers)
         )

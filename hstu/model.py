@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bias import TIME_BUCKETS
 from .config import ModelConfig
 from .encoder import HSTUEncoder
 from .jagged import jagged_to_padded
@@ -41,7 +42,8 @@ class HSTURecommender(nn.Module):
         c = config
         self.encoder = HSTUEncoder(
             c.num_items, c.num_actions, c.dim, c.num_layers, c.num_heads, c.max_seq_len, c.dropout,
-            c.attn_activation, c.max_attn_len, c.fused,
+            c.attn_activation, c.max_attn_len, c.fused, time_boundaries=TIME_BUCKETS[c.time_buckets],
+            input_norm=c.input_norm,
         )
         self.rating_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, 1))
         # start at a typical rating so the first steps of the rating loss do not swamp the retrieval loss

@@ -155,3 +155,23 @@ def test_rating_head_starts_near_typical_rating():
     pred = model.predict_ratings(torch.zeros(3, D))
     assert pred.shape == (3,)
     torch.testing.assert_close(pred, torch.full((3,), 3.5), rtol=0, atol=0.5)
+
+
+def test_input_norm_and_fine_time_buckets_reach_every_block():
+    from hstu.bias import FINE_TIME_BOUNDARIES
+    from hstu.config import ArgumentError
+
+    model = HSTURecommender(ModelConfig(num_items=NUM_ITEMS, dim=D, input_norm=True, time_buckets="fine"))
+    for block in model.encoder.blocks:
+        assert isinstance(block.input_norm, torch.nn.LayerNorm)
+        assert block.bias.time_boundaries.tolist() == list(FINE_TIME_BOUNDARIES)
+        assert block.bias.time_weight.shape == (1, len(FINE_TIME_BOUNDARIES) + 1)
+    plain = HSTURecommender(ModelConfig(num_items=NUM_ITEMS, dim=D))
+    assert all(b.input_norm is None for b in plain.encoder.blocks)
+    # the norm sits on the projection's input: scaling a block's input leaves u, v, q, k unchanged
+    block = model.encoder.blocks[0]
+    x = torch.randn(5, D)
+    for a, b in zip(block.project(x), block.project(3 * x + 0.0)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ArgumentError, match="time_buckets"):
+        ModelConfig(num_items=3, time_buckets="weekly")

@@ -1,0 +1,152 @@
+"""Recipe experiments: each suspected cause of a quality gap (docs/recipes.md) as one change of ``hstu train``'s
+flags, trained for the same epochs from the same seeds, scored by the same test evaluation.
+
+Each (variant, seed) is one ``python -m hstu train`` run in its own folder (``--epochs E --patience E``: every run
+trains all E epochs and is tested at its best-validation epoch), ``--jobs`` of them at a time with
+``--threads`` torch threads each. Results: ``bench/results/recipe_<data>.{json,md}``: per variant the mean and
+spread (min..max over seeds) of the test HR@10 / NDCG@10 / RMSE, the best epoch and the wall time.
+
+    python bench/recipe_experiments.py --data-dir ../shared/data/ml-100k --epochs 40 --seeds 0,1
+    python bench/recipe_experiments.py --data-dir DIR --variants default,input-norm --epochs 5 --seeds 0
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import env_header, slug, table
+
+# name -> (flags added to `hstu train`, what it tests)
+VARIANTS = {
+    "default": ([], "hstu train's defaults"),
+    "input-norm": (["--input-norm"], "LayerNorm before each block's uvqk projection (Meta, rectools)"),
+    "fine-time": (["--time-buckets", "fine"], "16 time buckets from 1 s to 1 year instead of 1 h / 1 d / 1 w / 30 d"),
+    "norm+fine": (["--input-norm", "--time-buckets", "fine"], "both of the above"),
+    "rating-0.1": (["--rating-loss-weight", "0.1"], "rating loss weight 0.1 instead of 1"),
+    "no-rating": (["--rating-loss-weight", "0"], "no rating loss (retrieval only; the RMSE is of an untrained head)"),
+    "batch-128": (["--batch-size", "128"], "128 users per batch (rectools, Meta) instead of 32"),
+    "dropout-0.5": (["--dropout", "0.5"], "dropout 0.5 instead of 0.2"),
+}
+METRICS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR", "RMSE")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="MovieLens folder (ratings.dat or u.data)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--epochs", type=int, default=40, help="epochs of every run (no early stopping)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--extra", default="", help="flags added to every run, e.g. '--dim 32'")
+    p.add_argument("--work-dir", help="run folders (default runs/recipe_<data>)")
+    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--tag", help="results file tag (default: the data folder's name)")
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        p.error(f"argument --variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if args.epochs < 1 or args.jobs < 1 or args.threads < 1:
+        p.error("--epochs, --jobs and --threads must be >= 1")
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"argument --seeds: comma-separated integers, got {args.seeds!r}")
+    return args
+
+
+def run_one(args, work_dir: Path, variant: str, seed: int) -> dict:
+    out = work_dir / f"{variant}_seed{seed}"
+    cmd = [sys.executable, "-m", "hstu", "train", "--data-dir", args.data_dir, "--output-dir", str(out),
+           "--overwrite", "--epochs", str(args.epochs), "--patience", str(args.epochs), "--seed", str(seed),
+           "--device", "cpu", "--no-progress", *VARIANTS[variant][0], *args.extra.split()]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    final = next(r for r in reversed(records) if "best_epoch" in r)
+    epochs = [r for r in records if "epoch" in r and "seconds" in r]
+    row = {"variant": variant, "seed": seed, "best_epoch": final["best_epoch"], "wall_s": round(wall, 1),
+           "epoch_s": round(statistics.median(r["seconds"] for r in epochs), 2),
+           "valid_NDCG@10": [round(r["valid_NDCG@10"], 4) for r in epochs],
+           **{m: final.get(f"test_{m}") for m in METRICS}}
+    print(f"  {variant} seed {seed}: test HR@10 {row['HR@10']:.4f} NDCG@10 {row['NDCG@10']:.4f} "
+          f"RMSE {row['RMSE']:.3f} (best epoch {row['best_epoch']}, {wall:.0f} s)", flush=True)
+    return row
+
+
+def summarise(rows, variants):
+    out = []
+    for v in variants:
+        mine = [r for r in rows if r["variant"] == v]
+        s = {"variant": v, "change": VARIANTS[v][1], "seeds": [r["seed"] for r in mine]}
+        for m in (*METRICS, "best_epoch", "epoch_s"):
+            xs = [r[m] for r in mine if r[m] is not None]
+            s[m] = statistics.mean(xs) if xs else None
+            s[m + "_range"] = (min(xs), max(xs)) if xs else None
+        out.append(s)
+    return out
+
+
+def markdown(summary, header, args) -> str:
+    def cell(s, m, digits=4):
+        if s[m] is None:
+            return ""
+        lo, hi = s[m + "_range"]
+        return f"{s[m]:.{digits}f}" + (f" ({lo:.{digits}f}..{hi:.{digits}f})" if len(s["seeds"]) > 1 else "")
+
+    lines = [f"# Recipe experiments on {Path(args.data_dir).name}", "",
+             f"{args.epochs} epochs per run (best-validation epoch tested), seeds {args.seeds}, extra flags "
+             f"`{args.extra or 'none'}`; mean (min..max over seeds). {header['device']}, torch {header['torch']}, "
+             f"commit {header['commit']}, {header['date']}.", "",
+             "| variant | change | HR@10 | NDCG@10 | HR@50 | NDCG@50 | RMSE | best epoch | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['variant']} | {s['change']} | {cell(s, 'HR@10')} | {cell(s, 'NDCG@10')} | "
+                     f"{cell(s, 'HR@50')} | {cell(s, 'NDCG@50')} | {cell(s, 'RMSE', 3)} | {s['best_epoch']:.1f} | "
+                     f"{s['epoch_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    variants = args.variants.split(",")
+    tag = args.tag or slug(Path(args.data_dir).name)
+    work_dir = Path(args.work_dir or ROOT / "runs" / f"recipe_{tag}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(v, s) for s in args.seed_list for v in variants]
+    print(f"{len(jobs)} runs of {args.epochs} epochs on {args.data_dir}, {args.jobs} at a time", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda job: run_one(args, work_dir, *job), jobs))
+    summary = summarise(rows, variants)
+    header = {**env_header(torch, torch.device("cpu")), "threads_per_run": args.threads, "jobs": args.jobs,
+              "benchmark": "recipe_experiments", "data_dir": args.data_dir, "epochs": args.epochs,
+              "seeds": args.seed_list, "extra": args.extra}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"recipe_{tag}.json").write_text(json.dumps({"header": header, "runs": rows, "summary": summary},
+                                                           indent=1))
+    (out_dir / f"recipe_{tag}.md").write_text(markdown(summary, header, args))
+    print(table(["variant", "HR@10", "NDCG@10", "RMSE", "best epoch"],
+                [[s["variant"], f"{s['HR@10']:.4f}", f"{s['NDCG@10']:.4f}", f"{s['RMSE']:.3f}",
+                  f"{s['best_epoch']:.1f}"] for s in summary]))
+    print(f"wrote {out_dir / f'recipe_{tag}.json'} and .md")
+
+
+if __name__ == "__main__":
+    main()
