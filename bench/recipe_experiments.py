@@ -32,6 +32,9 @@ VARIANTS = {
     "input-norm": (["--input-norm"], "LayerNorm before each block's uvqk projection (Meta, rectools)"),
     "fine-time": (["--time-buckets", "fine"], "16 time buckets from 1 s to 1 year instead of 1 h / 1 d / 1 w / 30 d"),
     "norm+fine": (["--input-norm", "--time-buckets", "fine"], "both of the above"),
+    "next-time": (["--time-query", "next"], "time bias queried at the predicted event's time (Meta, rectools)"),
+    "next+fine": (["--time-query", "next", "--time-buckets", "fine"], "next-event query time and fine buckets"),
+    "next+fine+norm": (["--time-query", "next", "--time-buckets", "fine", "--input-norm"], "all three"),
     "rating-0.1": (["--rating-loss-weight", "0.1"], "rating loss weight 0.1 instead of 1"),
     "no-rating": (["--rating-loss-weight", "0"], "no rating loss (retrieval only; the RMSE is of an untrained head)"),
     "batch-128": (["--batch-size", "128"], "128 users per batch (rectools, Meta) instead of 32"),
@@ -52,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", help="run folders (default runs/recipe_<data>)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--tag", help="results file tag (default: the data folder's name)")
+    p.add_argument("--reuse", action="store_true",
+                   help="take a run whose folder already holds a finished run of the same flags instead of training it "
+                        "again (an interrupted grid continues where it stopped)")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
@@ -71,12 +77,19 @@ def run_one(args, work_dir: Path, variant: str, seed: int) -> dict:
            "--overwrite", "--epochs", str(args.epochs), "--patience", str(args.epochs), "--seed", str(seed),
            "--device", "cpu", "--no-progress", *VARIANTS[variant][0], *args.extra.split()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.time() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{variant} seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    done = (out / "cmd.json").is_file() and json.loads((out / "cmd.json").read_text()) == cmd[3:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if done else []
+    if args.reuse and any("best_epoch" in r for r in records):
+        wall = json.loads((out / "wall.json").read_text())
+    else:
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.time() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{variant} seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        (out / "cmd.json").write_text(json.dumps(cmd[3:]))
+        (out / "wall.json").write_text(json.dumps(wall))
+        records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     final = next(r for r in reversed(records) if "best_epoch" in r)
     epochs = [r for r in records if "epoch" in r and "seconds" in r]
     row = {"variant": variant, "seed": seed, "best_epoch": final["best_epoch"], "wall_s": round(wall, 1),

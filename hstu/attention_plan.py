@@ -38,10 +38,12 @@ class AttentionPlan:
     with_time: bool
 
     @classmethod
-    def build(cls, seq_offsets, max_seq_len: int, max_len: int, *, timestamps=None, time_boundaries=None,
-              num_targets=None, max_attn_len: int = 0, with_pos: bool = True, with_time: bool = True):
-        """``seq_offsets [B+1]``, ``timestamps [L]`` int64 (None: no time bias), ``num_targets [B]``;
-        ``max_len``: the longest segment (the caller knows it without a host sync)."""
+    def build(cls, seq_offsets, max_seq_len: int, max_len: int, *, timestamps=None, query_timestamps=None,
+              time_boundaries=None, num_targets=None, max_attn_len: int = 0, with_pos: bool = True,
+              with_time: bool = True):
+        """``seq_offsets [B+1]``, ``timestamps [L]`` int64 (None: no time bias), ``query_timestamps [L]`` (the
+        query side of the time bias; None: ``timestamps``), ``num_targets [B]``; ``max_len``: the longest segment
+        (the caller knows it without a host sync)."""
         device = seq_offsets.device
         lengths = seq_offsets[1:] - seq_offsets[:-1]
         B, N = lengths.shape[0], max_len
@@ -63,11 +65,15 @@ class AttentionPlan:
             index = (p_i - p_j + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2) * nb
         if with_time:
             ts = _pad(timestamps.to(torch.int64), rows, B, N)
+            qts = ts if query_timestamps is None else _pad(query_timestamps.to(torch.int64), rows, B, N)
             # rebased per sequence so that the gaps fit int32 (half the memory traffic of int64)
-            ts = ts - ts[:, :1]
-            if ts.numel() and int(ts.abs().max()) < 2**30:
-                ts, time_boundaries = ts.to(torch.int32), time_boundaries.clamp(max=2**31 - 1).to(torch.int32)
-            bucket = torch.bucketize((ts[:, :, None] - ts[:, None, :]).abs_(), time_boundaries, right=True)
+            first = ts[:, :1].clone()
+            ts, qts = ts - first, qts - first
+            big = max(int(ts.abs().max()), int(qts.abs().max())) if ts.numel() else 2**30
+            if big < 2**30:
+                ts, qts = ts.to(torch.int32), qts.to(torch.int32)
+                time_boundaries = time_boundaries.clamp(max=2**31 - 1).to(torch.int32)
+            bucket = torch.bucketize((qts[:, :, None] - ts[:, None, :]).abs_(), time_boundaries, right=True)
             index = bucket if index is None else index.add_(bucket)
         return cls(rows, B, N, max_seq_len, valid[:, None], index, nb, with_pos, with_time)
 

@@ -105,12 +105,14 @@ class HSTUBlock(nn.Module):
         num_targets: Optional[torch.Tensor] = None,
         check: bool = True,
         plan=None,
+        query_timestamps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``x [L, D]`` jagged by ``seq_offsets [B+1]``; ``timestamps [L]`` int64 seconds (None: no time
         bias); ``num_targets [B]`` (None: no targets). Returns ``[L, D]``. ``plan``: the batch's
         ``hstu.attention_plan.AttentionPlan`` (built for these arguments), which the unfused SiLU path then uses
-        instead of recomputing the mask and bias indices."""
-        return self.forward_kv(x, seq_offsets, timestamps, num_targets, check, plan)[0]
+        instead of recomputing the mask and bias indices. ``query_timestamps [L]``: the query side of the time
+        bias (None: ``timestamps``)."""
+        return self.forward_kv(x, seq_offsets, timestamps, num_targets, check, plan, query_timestamps)[0]
 
     def forward_kv(
         self,
@@ -120,10 +122,13 @@ class HSTUBlock(nn.Module):
         num_targets: Optional[torch.Tensor] = None,
         check: bool = True,
         plan=None,
+        query_timestamps: Optional[torch.Tensor] = None,
     ):
         """``forward`` that also returns this block's keys and values: ``(y [L, D], k [L, H, d], v [L, H, d])``."""
         u, v, q, k = self.project(x)
         kw = self._attn_kwargs(timestamps)
+        if timestamps is not None and query_timestamps is not None:
+            kw["query_timestamps"] = query_timestamps
         if plan is not None and self.attn_activation == "silu" and not self.fused:
             attn = plan.attention(q, k, v, alpha=self.alpha, pos_weight=kw["pos_weight"], time_weight=kw.get("time_weight"))
         elif self.attn_activation == "softmax":

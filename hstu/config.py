@@ -14,6 +14,7 @@ DATASETS = ("ml-1m", "ml-100k")
 ATTN_ACTIVATIONS = ("silu", "softmax")
 # names of hstu.bias.TIME_BUCKETS (kept here torch-free for the command line)
 TIME_BUCKETS = ("coarse", "fine")
+TIME_QUERIES = ("self", "next")
 
 
 class ArgumentError(ValueError):
@@ -118,6 +119,10 @@ class ModelConfig:
     input_norm: bool = False
     # the time-gap buckets of the relative bias: "coarse" (1 h, 1 d, 1 w, 30 d) or "fine" (seconds to a year)
     time_buckets: str = "coarse"
+    # the time bias's query time: "self" (each token's own time) or "next" (the time of the event the token
+    # predicts, as Meta's and rectools' HSTU; at evaluation and serving the last history token takes the request
+    # time, the target's timestamp)
+    time_query: str = "self"
 
     def __post_init__(self):
         Range(int, 1).check("num_items", self.num_items)
@@ -133,6 +138,8 @@ class ModelConfig:
             raise ArgumentError("fused", "the fused kernels are SiLU attention: attn_activation must be 'silu'")
         if self.time_buckets not in TIME_BUCKETS:
             raise ArgumentError("time_buckets", f"must be one of {', '.join(TIME_BUCKETS)}, got {self.time_buckets!r}")
+        if self.time_query not in TIME_QUERIES:
+            raise ArgumentError("time_query", f"must be one of {', '.join(TIME_QUERIES)}, got {self.time_query!r}")
 
 
 # the model fields a training run chooses (num_items and num_actions come from the data)

@@ -75,21 +75,23 @@ class HSTUEncoder(nn.Module):
         timestamps: Optional[torch.Tensor] = None,
         num_targets: Optional[torch.Tensor] = None,
         check: bool = True,
+        query_timestamps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``)."""
         x = self.input_dropout(self.embedding(items, actions))
         longest = None
         if check:
             # the offsets, targets and timestamps are the same for every layer: check them once
             longest = check_hstu_attention_args(
                 x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
-                num_targets=num_targets,
+                query_timestamps=query_timestamps, num_targets=num_targets,
             )
-        plan = self._plan(seq_offsets, timestamps, num_targets, longest)
+        plan = self._plan(seq_offsets, timestamps, num_targets, longest, query_timestamps)
         for block in self.blocks:
-            x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan)
+            x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan, query_timestamps=query_timestamps)
         return x
 
-    def _plan(self, seq_offsets, timestamps, num_targets, longest) -> Optional[AttentionPlan]:
+    def _plan(self, seq_offsets, timestamps, num_targets, longest, query_timestamps=None) -> Optional[AttentionPlan]:
         """The batch's shared attention plan for the unfused SiLU path (None: the blocks use the op)."""
         first = self.blocks[0]
         if not self.use_plan or first.fused or first.attn_activation != "silu":
@@ -98,7 +100,8 @@ class HSTUEncoder(nn.Module):
             longest = int((seq_offsets[1:] - seq_offsets[:-1]).max()) if seq_offsets.shape[0] > 1 else 0
         kw = first._attn_kwargs(timestamps)
         return AttentionPlan.build(
-            seq_offsets, self.max_seq_len, longest, timestamps=timestamps, time_boundaries=kw.get("time_boundaries"),
+            seq_offsets, self.max_seq_len, longest, timestamps=timestamps, query_timestamps=query_timestamps,
+            time_boundaries=kw.get("time_boundaries"),
             num_targets=num_targets, max_attn_len=first.max_attn_len, with_pos=kw.get("pos_weight") is not None,
             with_time=kw.get("time_weight") is not None,
         )
@@ -127,6 +130,7 @@ class HSTUEncoder(nn.Module):
         actions: torch.Tensor,
         seq_offsets: torch.Tensor,
         timestamps: Optional[torch.Tensor] = None,
+        query_timestamps: Optional[torch.Tensor] = None,
     ) -> KVCache:
         """Encode user histories once and keep what candidate scoring needs (eval mode, no autograd).
 
@@ -134,6 +138,7 @@ class HSTUEncoder(nn.Module):
             items, actions: ``[Lh]`` int64 history events, jagged by ``seq_offsets [B+1]``; each history is 0 to
                 ``max_seq_len - 1`` long (candidates then sit at position m < max_seq_len; 0: cold start).
             timestamps: ``[Lh]`` int64 seconds, or None for no time bias (then candidates take none either).
+            query_timestamps: ``[Lh]`` the history's query side of the time bias (None: ``timestamps``).
 
         Returns:
             a ``KVCache`` with every block's history keys and values, the offsets, lengths, timestamps and the
@@ -143,6 +148,7 @@ class HSTUEncoder(nn.Module):
         x = self.input_dropout(self.embedding(items, actions))
         longest = check_hstu_attention_args(
             x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
+            query_timestamps=query_timestamps,
         )
         if longest >= self.max_seq_len:
             raise ValueError(
@@ -151,7 +157,7 @@ class HSTUEncoder(nn.Module):
             )
         ks, vs = [], []
         for block in self.blocks:
-            x, k, v = block.forward_kv(x, seq_offsets, timestamps, None, check=False)
+            x, k, v = block.forward_kv(x, seq_offsets, timestamps, None, check=False, query_timestamps=query_timestamps)
             ks.append(k)
             vs.append(v)
         offsets = seq_offsets.to(torch.int64)

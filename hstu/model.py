@@ -58,7 +58,9 @@ class HSTURecommender(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """Encoder outputs ``[L, D]`` for a ``JaggedBatch``."""
-        return self.encoder(batch.items, batch.actions, batch.seq_offsets, batch.timestamps, batch.num_targets)
+        qts = batch.next_timestamps if self.config.time_query == "next" and batch.timestamps is not None else None
+        return self.encoder(batch.items, batch.actions, batch.seq_offsets, batch.timestamps, batch.num_targets,
+                            query_timestamps=qts)
 
     def normalized_items(self) -> torch.Tensor:
         """``[num_items + 1, D]`` unit item vectors (row 0 is padding)."""
@@ -113,9 +115,15 @@ class HSTURecommender(nn.Module):
         """``[T, D]`` target-token outputs -> ``[T]`` predicted ratings."""
         return self.rating_head(target_out).squeeze(-1)
 
-    def prefill(self, items, actions, seq_offsets, timestamps=None) -> KVCache:
-        """Encode user histories once for candidate scoring: see ``HSTUEncoder.prefill``."""
-        return self.encoder.prefill(items, actions, seq_offsets, timestamps)
+    def prefill(self, items, actions, seq_offsets, timestamps=None, request_times=None) -> KVCache:
+        """Encode user histories once for candidate scoring: see ``HSTUEncoder.prefill``.
+
+        Under ``time_query = "next"`` each history event's query time is the next event's, and the last one's is
+        ``request_times [B]`` (int64 seconds; default: each user's last history timestamp)."""
+        qts = None
+        if self.config.time_query == "next" and timestamps is not None:
+            qts = next_event_times(timestamps, seq_offsets, request_times)
+        return self.encoder.prefill(items, actions, seq_offsets, timestamps, query_timestamps=qts)
 
     @torch.no_grad()
     def score_candidates(
@@ -139,3 +147,18 @@ class HSTURecommender(nn.Module):
         item = F.normalize(self.encoder.item_table[cand_items], dim=-1).to(user.dtype)
         retrieval = (F.normalize(user, dim=-1) * item).sum(-1) / self.config.temperature
         return CandidateScores(outputs=out, ratings=self.predict_ratings(out), retrieval=retrieval)
+
+
+def next_event_times(timestamps: torch.Tensor, seq_offsets: torch.Tensor, last=None) -> torch.Tensor:
+    """``timestamps [L]`` jagged by ``seq_offsets [B+1]`` shifted one event left within each segment; each
+    segment's last event takes ``last [B]`` (default: its own timestamp). ``[L]`` int64."""
+    ts = timestamps.to(torch.int64)
+    out = torch.empty_like(ts)
+    if ts.shape[0] == 0:
+        return out
+    out[:-1] = ts[1:]
+    ends = seq_offsets[1:].to(torch.int64)
+    nonempty = ends > seq_offsets[:-1].to(torch.int64)
+    rows = ends[nonempty] - 1
+    out[rows] = ts[rows] if last is None else last.to(device=ts.device, dtype=torch.int64)[nonempty]
+    return out

@@ -21,7 +21,10 @@ class JaggedBatch:
     """``items, actions, timestamps, ratings, next_items: [L]`` int64; ``seq_offsets [B+1]``; ``num_targets [B]``.
 
     ``ratings`` holds the rating labels of target tokens (0 on history tokens); ``next_items`` the next item
-    after each history token when the segment asked for retrieval labels (0: no label). ``users [B]`` (numpy)
+    after each history token when the segment asked for retrieval labels (0: no label). ``next_timestamps [L]``:
+    the time of each history token's next event in the user's sequence (the event it predicts; for the last
+    history token, the first target's), a target token's own time, and a token's own time where no event follows:
+    the query side of the time bias under ``ModelConfig.time_query = "next"``. ``users [B]`` (numpy)
     indexes the ``UserSequences`` the batch came from; ``target_index [B]`` is the first target's event index.
     """
 
@@ -32,6 +35,7 @@ class JaggedBatch:
     next_items: torch.Tensor
     seq_offsets: torch.Tensor
     num_targets: torch.Tensor
+    next_timestamps: torch.Tensor
     users: np.ndarray
     target_index: np.ndarray
     max_len: int
@@ -59,7 +63,7 @@ class JaggedBatch:
     def to_padded(self) -> dict:
         """The same batch as ``[B, T]`` tensors (``T = max_len``, padded with 0) plus ``lengths [B]``."""
         out = {"lengths": self.lengths, "num_targets": self.num_targets}
-        for name in ("items", "actions", "timestamps", "ratings", "next_items"):
+        for name in ("items", "actions", "timestamps", "ratings", "next_items", "next_timestamps"):
             out[name] = jagged_to_padded(getattr(self, name), self.seq_offsets, self.max_len)[0]
         return out
 
@@ -101,10 +105,13 @@ def make_batch(
     if next_labels:
         has_next = ~is_target & (local + 1 < np.repeat(hist_end - hist_start, seg_len))
         next_items[has_next] = seqs.items[idx[has_next] + 1]
+    follows = ~is_target & (idx + 1 < np.repeat(seqs.offsets[users + 1], seg_len))
+    next_ts = seqs.timestamps[np.where(follows, idx + 1, idx)]
     t = torch.from_numpy
     return JaggedBatch(
         items=t(seqs.items[idx]), actions=t(actions), timestamps=t(seqs.timestamps[idx]), ratings=t(ratings),
-        next_items=t(next_items), seq_offsets=t(offsets), num_targets=t(num_targets), users=users,
+        next_items=t(next_items), seq_offsets=t(offsets), num_targets=t(num_targets),
+        next_timestamps=t(next_ts), users=users,
         target_index=hist_end, max_len=int(seg_len.max()) if len(seg_len) else 0,
     )
 
@@ -112,7 +119,8 @@ def make_batch(
 def concat_batches(a: JaggedBatch, b: JaggedBatch) -> JaggedBatch:
     """One jagged batch holding ``a``'s segments then ``b``'s (e.g. the retrieval and the rating pass)."""
     return JaggedBatch(
-        **{n: torch.cat([getattr(a, n), getattr(b, n)]) for n in ("items", "actions", "timestamps", "ratings", "next_items")},
+        **{n: torch.cat([getattr(a, n), getattr(b, n)])
+           for n in ("items", "actions", "timestamps", "ratings", "next_items", "next_timestamps")},
         seq_offsets=torch.cat([a.seq_offsets, b.seq_offsets[1:] + a.seq_offsets[-1]]),
         num_targets=torch.cat([a.num_targets, b.num_targets]),
         users=np.concatenate([a.users, b.users]),

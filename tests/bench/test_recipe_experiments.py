@@ -25,16 +25,22 @@ def load_bench():
 
 def test_recipe_experiments_quick_mode(tmp_path):
     data = write_synthetic_ml1m(tmp_path / "data", users=10, length=8)
-    load_bench().main(["--data-dir", str(data), "--variants", "default,norm+fine", "--epochs", "1", "--seeds", "0,1",
-                       "--extra", "--dim 8 --max-seq-len 8 --batch-size 4", "--work-dir", str(tmp_path / "runs"),
-                       "--out-dir", str(tmp_path), "--tag", "smoke"])
+    argv = ["--data-dir", str(data), "--variants", "default,norm+fine", "--epochs", "1", "--seeds", "0,1",
+            "--extra", "--dim 8 --max-seq-len 8 --batch-size 4 --time-query next", "--work-dir", str(tmp_path / "runs"),
+            "--out-dir", str(tmp_path), "--tag", "smoke"]
+    load_bench().main(argv)
+    log = tmp_path / "runs" / "default_seed0" / "log.jsonl"
+    written = log.stat().st_mtime_ns
+    # --reuse takes the finished runs as they are
+    load_bench().main([*argv, "--reuse"])
+    assert log.stat().st_mtime_ns == written
     saved = json.loads((tmp_path / "recipe_smoke.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in saved["runs"]) == [
         ("default", 0), ("default", 1), ("norm+fine", 0), ("norm+fine", 1)]
     assert [s["variant"] for s in saved["summary"]] == ["default", "norm+fine"]
     assert all(0 <= r["NDCG@10"] <= r["HR@10"] <= 1 and r["RMSE"] > 0 for r in saved["runs"])
     config = load_checkpoint(tmp_path / "runs" / "norm+fine_seed1" / "best.pt")["model_config"]
-    assert config["input_norm"] is True and config["time_buckets"] == "fine"
+    assert config["input_norm"] is True and config["time_buckets"] == "fine" and config["time_query"] == "next"
     assert load_checkpoint(tmp_path / "runs" / "default_seed0" / "best.pt")["model_config"]["input_norm"] is False
     md = (tmp_path / "recipe_smoke.md").read_text()
     assert "| norm+fine |" in md and "seeds 0,1" in md

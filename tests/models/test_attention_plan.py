@@ -12,7 +12,8 @@ MAX_SEQ_LEN = 12
 BOUNDARIES = torch.tensor([30, 600, 86400, 10**7])
 
 
-def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype=torch.float64, span=10**6):
+def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype=torch.float64, span=10**6,
+                with_query=False):
     g = torch.Generator().manual_seed(seed)
     offsets = lengths_to_offsets(torch.tensor(lengths))
     L, H, d = sum(lengths), 2, 4
@@ -20,11 +21,13 @@ def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype
     pos = torch.randn(1, 2 * MAX_SEQ_LEN - 1, generator=g, dtype=dtype).requires_grad_() if with_pos else None
     tw = torch.randn(1, len(BOUNDARIES) + 1, generator=g, dtype=dtype).requires_grad_() if with_time else None
     ts = torch.sort(torch.randint(0, span, (L,), generator=g)).values if with_time else None
+    qts = ts + torch.randint(0, 3 * span, (L,), generator=g) if with_time and with_query else None
     nt = torch.tensor(targets) if targets is not None else None
     kw = dict(alpha=0.7, pos_weight=pos, time_weight=tw)
-    ref = hstu_attention(q, k, v, offsets, MAX_SEQ_LEN, timestamps=ts, time_boundaries=BOUNDARIES if with_time else None,
+    ref = hstu_attention(q, k, v, offsets, MAX_SEQ_LEN, timestamps=ts, query_timestamps=qts,
+                         time_boundaries=BOUNDARIES if with_time else None,
                          num_targets=nt, max_attn_len=max_attn_len, backend="torch", **kw)
-    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, max(lengths, default=0), timestamps=ts,
+    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, max(lengths, default=0), timestamps=ts, query_timestamps=qts,
                                time_boundaries=BOUNDARIES if with_time else None, num_targets=nt,
                                max_attn_len=max_attn_len, with_pos=with_pos, with_time=with_time)
     out = plan.attention(q, k, v, **kw)
@@ -44,10 +47,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("with_query", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_plan_matches_op_outputs_and_gradients(case):
+def test_plan_matches_op_outputs_and_gradients(case, with_query):
     lengths, targets, window, with_pos, with_time = CASES[case]
-    ref, out, leaves = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case)
+    ref, out, leaves = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case, with_query=with_query)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     if ref.numel() == 0:
         return
@@ -61,7 +65,7 @@ def test_plan_matches_op_outputs_and_gradients(case):
 def test_plan_int32_timestamps_and_large_spans_agree():
     # spans past 2**30 s keep int64; both paths are the op's meaning
     for span in (10**6, 2**40):
-        ref, out, _ = op_and_plan([6, 9], None, 0, True, True, seed=3, span=span)
+        ref, out, _ = op_and_plan([6, 9], None, 0, True, True, seed=3, span=span, with_query=True)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
 
