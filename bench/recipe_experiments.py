@@ -43,10 +43,11 @@ VARIANTS = {
 METRICS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR", "RMSE")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None, variants=None, doc=None):
+    variants = VARIANTS if variants is None else variants
+    p = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="MovieLens folder (ratings.dat or u.data)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(variants), help=f"comma-separated, of {', '.join(variants)}")
     p.add_argument("--epochs", type=int, default=40, help="epochs of every run (no early stopping)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
@@ -59,9 +60,10 @@ def parse_args(argv=None):
                    help="take a run whose folder already holds a finished run of the same flags instead of training it "
                         "again (an interrupted grid continues where it stopped)")
     args = p.parse_args(argv)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    unknown = [v for v in args.variants.split(",") if v not in variants]
     if unknown:
-        p.error(f"argument --variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+        p.error(f"argument --variants: unknown {', '.join(unknown)} (known: {', '.join(variants)})")
+    args.variant_flags = variants
     if args.epochs < 1 or args.jobs < 1 or args.threads < 1:
         p.error("--epochs, --jobs and --threads must be >= 1")
     try:
@@ -75,7 +77,7 @@ def run_one(args, work_dir: Path, variant: str, seed: int) -> dict:
     out = work_dir / f"{variant}_seed{seed}"
     cmd = [sys.executable, "-m", "hstu", "train", "--data-dir", args.data_dir, "--output-dir", str(out),
            "--overwrite", "--epochs", str(args.epochs), "--patience", str(args.epochs), "--seed", str(seed),
-           "--device", "cpu", "--no-progress", *VARIANTS[variant][0], *args.extra.split()]
+           "--device", "cpu", "--no-progress", *args.variant_flags[variant][0], *args.extra.split()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     done = (out / "cmd.json").is_file() and json.loads((out / "cmd.json").read_text()) == cmd[3:]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if done else []
@@ -101,11 +103,12 @@ def run_one(args, work_dir: Path, variant: str, seed: int) -> dict:
     return row
 
 
-def summarise(rows, variants):
+def summarise(rows, variants, flags=None):
+    flags = VARIANTS if flags is None else flags
     out = []
     for v in variants:
         mine = [r for r in rows if r["variant"] == v]
-        s = {"variant": v, "change": VARIANTS[v][1], "seeds": [r["seed"] for r in mine]}
+        s = {"variant": v, "change": flags[v][1], "flags": " ".join(flags[v][0]), "seeds": [r["seed"] for r in mine]}
         for m in (*METRICS, "best_epoch", "epoch_s"):
             xs = [r[m] for r in mine if r[m] is not None]
             s[m] = statistics.mean(xs) if xs else None
@@ -114,14 +117,14 @@ def summarise(rows, variants):
     return out
 
 
-def markdown(summary, header, args) -> str:
+def markdown(summary, header, args, title="Recipe experiments") -> str:
     def cell(s, m, digits=4):
         if s[m] is None:
             return ""
         lo, hi = s[m + "_range"]
         return f"{s[m]:.{digits}f}" + (f" ({lo:.{digits}f}..{hi:.{digits}f})" if len(s["seeds"]) > 1 else "")
 
-    lines = [f"# Recipe experiments on {Path(args.data_dir).name}", "",
+    lines = [f"# {title} on {Path(args.data_dir).name}", "",
              f"{args.epochs} epochs per run (best-validation epoch tested), seeds {args.seeds}, extra flags "
              f"`{args.extra or 'none'}`; mean (min..max over seeds). {header['device']}, torch {header['torch']}, "
              f"commit {header['commit']}, {header['date']}.", "",
@@ -134,31 +137,32 @@ def markdown(summary, header, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, variants=None, stem="recipe", title="Recipe experiments", doc=None):
+    args = parse_args(argv, variants, doc)
     import torch
 
     variants = args.variants.split(",")
     tag = args.tag or slug(Path(args.data_dir).name)
-    work_dir = Path(args.work_dir or ROOT / "runs" / f"recipe_{tag}")
+    work_dir = Path(args.work_dir or ROOT / "runs" / f"{stem}_{tag}")
     work_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(v, s) for s in args.seed_list for v in variants]
     print(f"{len(jobs)} runs of {args.epochs} epochs on {args.data_dir}, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(args, work_dir, *job), jobs))
-    summary = summarise(rows, variants)
+    summary = summarise(rows, variants, args.variant_flags)
     header = {**env_header(torch, torch.device("cpu")), "threads_per_run": args.threads, "jobs": args.jobs,
-              "benchmark": "recipe_experiments", "data_dir": args.data_dir, "epochs": args.epochs,
+              "benchmark": stem, "data_dir": args.data_dir, "epochs": args.epochs,
               "seeds": args.seed_list, "extra": args.extra}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"recipe_{tag}.json").write_text(json.dumps({"header": header, "runs": rows, "summary": summary},
+    (out_dir / f"{stem}_{tag}.json").write_text(json.dumps({"header": header, "runs": rows, "summary": summary},
                                                            indent=1))
-    (out_dir / f"recipe_{tag}.md").write_text(markdown(summary, header, args))
+    (out_dir / f"{stem}_{tag}.md").write_text(markdown(summary, header, args, title))
     print(table(["variant", "HR@10", "NDCG@10", "RMSE", "best epoch"],
                 [[s["variant"], f"{s['HR@10']:.4f}", f"{s['NDCG@10']:.4f}", f"{s['RMSE']:.3f}",
                   f"{s['best_epoch']:.1f}"] for s in summary]))
-    print(f"wrote {out_dir / f'recipe_{tag}.json'} and .md")
+    print(f"wrote {out_dir / f'{stem}_{tag}.json'} and .md")
+    return summary
 
 
 if __name__ == "__main__":

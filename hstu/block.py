@@ -15,6 +15,7 @@ from hstu_kernels import (
 )
 
 from .bias import DEFAULT_TIME_BOUNDARIES, RelativeAttentionBias
+from .config import ATTN_BIASES
 from .jagged import jagged_to_padded, lengths_to_offsets, padded_to_jagged
 from .softmax_attention import softmax_attention, softmax_attention_padded
 
@@ -45,6 +46,8 @@ class HSTUBlock(nn.Module):
         per_head_bias: one bias table per head instead of one shared by all heads.
         time_boundaries: time-bucket boundaries in seconds.
         input_norm: LayerNorm ``x`` before the uvqk projection (the residual stream stays unnormalised).
+        attn_bias: which relative bias the scores get: "both" (position and time), "position", "time" or "none"
+            (the ablations; the unused table stays in the state dict, untrained).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class HSTUBlock(nn.Module):
         per_head_bias: bool = False,
         time_boundaries=DEFAULT_TIME_BOUNDARIES,
         input_norm: bool = False,
+        attn_bias: str = "both",
     ):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
@@ -69,8 +73,11 @@ class HSTUBlock(nn.Module):
             raise ValueError(f"attn_activation must be 'silu' or 'softmax', got {attn_activation!r}")
         if fused and attn_activation != "silu":
             raise ValueError("fused=True supports attn_activation='silu' only (the fused kernels are SiLU attention)")
+        if attn_bias not in ATTN_BIASES:
+            raise ValueError(f"attn_bias must be one of {', '.join(ATTN_BIASES)}, got {attn_bias!r}")
         if fused:
             require_fused_backend(type(self).__name__)
+        self.attn_bias = attn_bias
         self.dim, self.num_heads, self.max_seq_len = dim, num_heads, max_seq_len
         self.alpha, self.attn_activation, self.fused, self.max_attn_len = alpha, attn_activation, fused, max_attn_len
         self.input_norm = nn.LayerNorm(dim) if input_norm else None
@@ -88,8 +95,10 @@ class HSTUBlock(nn.Module):
         return u, v.reshape(heads), q.reshape(heads), k.reshape(heads)
 
     def _attn_kwargs(self, timestamps):
-        kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len, "pos_weight": self.bias.pos_weight}
-        if timestamps is not None:
+        kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len}
+        if self.attn_bias in ("both", "position"):
+            kw["pos_weight"] = self.bias.pos_weight
+        if timestamps is not None and self.attn_bias in ("both", "time"):
             kw.update(timestamps=timestamps, time_weight=self.bias.time_weight, time_boundaries=self.bias.time_boundaries)
         return kw
 
@@ -127,10 +136,10 @@ class HSTUBlock(nn.Module):
         """``forward`` that also returns this block's keys and values: ``(y [L, D], k [L, H, d], v [L, H, d])``."""
         u, v, q, k = self.project(x)
         kw = self._attn_kwargs(timestamps)
-        if timestamps is not None and query_timestamps is not None:
+        if "timestamps" in kw and query_timestamps is not None:
             kw["query_timestamps"] = query_timestamps
         if plan is not None and self.attn_activation == "silu" and not self.fused:
-            attn = plan.attention(q, k, v, alpha=self.alpha, pos_weight=kw["pos_weight"], time_weight=kw.get("time_weight"))
+            attn = plan.attention(q, k, v, alpha=self.alpha, pos_weight=kw.get("pos_weight"), time_weight=kw.get("time_weight"))
         elif self.attn_activation == "softmax":
             longest = check_hstu_attention_args(
                 q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, check_values=check, **kw
@@ -141,7 +150,7 @@ class HSTUBlock(nn.Module):
         else:
             backend = "torch"
             if self.fused:
-                backend = fused_backend(q, k, v, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries"))
+                backend = fused_backend(q, k, v, kw.get("pos_weight"), kw.get("time_weight"), kw.get("time_boundaries"))
             attn = hstu_attention(
                 q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, backend=backend, check=check, **kw
             )
@@ -171,12 +180,12 @@ class HSTUBlock(nn.Module):
             raise ValueError("HSTUBlock.forward_cached supports attn_activation='silu' only")
         u, v, q, k = self.project(x)
         kw = self._attn_kwargs(timestamps)
-        if timestamps is not None:
+        if "timestamps" in kw:
             kw.update(query_timestamps=query_timestamps, cache_timestamps=cache_timestamps)
         backend = "torch"
         if self.fused:
             backend = fused_cached_backend(
-                q, k, v, k_cache, v_cache, kw["pos_weight"], kw.get("time_weight"), kw.get("time_boundaries")
+                q, k, v, k_cache, v_cache, kw.get("pos_weight"), kw.get("time_weight"), kw.get("time_boundaries")
             )
         attn = hstu_cached_attention(
             q, k, v, cand_offsets, k_cache, v_cache, cache_offsets, self.max_seq_len, backend=backend, check=check,

@@ -9,7 +9,7 @@ import json
 import sys
 
 from .config import (
-    MODEL_FIELDS, MODEL_RANGES, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig,
+    ATTN_BIASES, MODEL_FIELDS, MODEL_RANGES, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig,
 )
 
 METRIC_ORDER = ("HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@50", "NDCG@200", "MRR", "RMSE", "MAE")
@@ -40,7 +40,8 @@ MODEL_HELP = {
 FLAGS = {
     "train": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "output_dir": "--output-dir",
               "attn_activation": "--attn-activation", "fused": "--fused", "input_norm": "--input-norm",
-              "time_buckets": "--time-buckets", "time_query": "--time-query", "amp": "--no-amp", "resume": "--resume",
+              "time_buckets": "--time-buckets", "time_query": "--time-query",
+              "attn_bias": "--attn-bias", "use_actions": "--no-actions", "amp": "--no-amp", "resume": "--resume",
               "overwrite": "--overwrite", "skip_nonfinite": "--skip-nonfinite",
               **{name: "--" + name.replace("_", "-") for name in (*TRAIN_RANGES, *MODEL_RANGES)}},
     "eval": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "batch_size": "--batch-size",
@@ -109,6 +110,10 @@ def _train_parser(sub):
     t.add_argument("--time-buckets", choices=list(TIME_BUCKETS),
                    help="time-gap buckets of the attention bias: coarse (1 h, 1 d, 1 w, 30 d) or fine (1 s .. 1 year, "
                         "16 boundaries) (default coarse)")
+    t.add_argument("--attn-bias", choices=list(ATTN_BIASES),
+                   help="relative attention bias: both (position and time), position, time or none (default both)")
+    t.add_argument("--no-actions", dest="use_actions", action="store_false", default=None,
+                   help="items only: the input does not see the ratings' actions (the SASRec-like ablation)")
     t.add_argument("--time-query", choices=list(TIME_QUERIES),
                    help="query time of the time bias: self (each event's own) or next (the time of the event it "
                         "predicts; the target's at evaluation) (default self)")

@@ -15,6 +15,7 @@ ATTN_ACTIVATIONS = ("silu", "softmax")
 # names of hstu.bias.TIME_BUCKETS (kept here torch-free for the command line)
 TIME_BUCKETS = ("coarse", "fine")
 TIME_QUERIES = ("self", "next")
+ATTN_BIASES = ("both", "position", "time", "none")
 
 
 class ArgumentError(ValueError):
@@ -123,6 +124,10 @@ class ModelConfig:
     # predicts, as Meta's and rectools' HSTU; at evaluation and serving the last history token takes the request
     # time, the target's timestamp)
     time_query: str = "self"
+    # the ablations: which relative attention bias the blocks use, and whether the input sees the actions
+    # (False: every token's action is UNKNOWN, so the model sees items only, as SASRec does)
+    attn_bias: str = "both"
+    use_actions: bool = True
 
     def __post_init__(self):
         Range(int, 1).check("num_items", self.num_items)
@@ -138,6 +143,8 @@ class ModelConfig:
             raise ArgumentError("fused", "the fused kernels are SiLU attention: attn_activation must be 'silu'")
         if self.time_buckets not in TIME_BUCKETS:
             raise ArgumentError("time_buckets", f"must be one of {', '.join(TIME_BUCKETS)}, got {self.time_buckets!r}")
+        if self.attn_bias not in ATTN_BIASES:
+            raise ArgumentError("attn_bias", f"must be one of {', '.join(ATTN_BIASES)}, got {self.attn_bias!r}")
         if self.time_query not in TIME_QUERIES:
             raise ArgumentError("time_query", f"must be one of {', '.join(TIME_QUERIES)}, got {self.time_query!r}")
 

@@ -46,6 +46,8 @@ class HSTUEncoder(nn.Module):
         per_head_bias: bool = False,
         time_boundaries=DEFAULT_TIME_BOUNDARIES,
         input_norm: bool = False,
+        attn_bias: str = "both",
+        use_actions: bool = True,
     ):
         super().__init__()
         if fused and attn_activation != "silu":
@@ -53,14 +55,21 @@ class HSTUEncoder(nn.Module):
         self.max_seq_len = max_seq_len
         self.embedding = FusedInputEmbedding(num_items, num_actions, dim)
         self.input_dropout = nn.Dropout(dropout)
+        self.use_actions = use_actions
         self.blocks = nn.ModuleList(
             HSTUBlock(
                 dim, num_heads, max_seq_len, dropout, attn_activation=attn_activation, fused=fused,
                 max_attn_len=max_attn_len, per_head_bias=per_head_bias, time_boundaries=time_boundaries,
-                input_norm=input_norm,
+                input_norm=input_norm, attn_bias=attn_bias,
             )
             for _ in range(num_layers)
         )
+
+    def _embed(self, items: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if not self.use_actions:
+            # items only: one action for every token, so the input carries no rating information
+            actions = torch.full_like(actions, UNKNOWN)
+        return self.input_dropout(self.embedding(items, actions))
 
     @property
     def item_table(self) -> torch.Tensor:
@@ -78,7 +87,7 @@ class HSTUEncoder(nn.Module):
         query_timestamps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``)."""
-        x = self.input_dropout(self.embedding(items, actions))
+        x = self._embed(items, actions)
         longest = None
         if check:
             # the offsets, targets and timestamps are the same for every layer: check them once
@@ -114,7 +123,7 @@ class HSTUEncoder(nn.Module):
         timestamps: Optional[torch.Tensor] = None,
         num_targets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        x = self.input_dropout(self.embedding(items, actions))
+        x = self._embed(items, actions)
         for block in self.blocks:
             x = block.forward_padded(x, lengths, timestamps, num_targets)
         return x
@@ -145,7 +154,7 @@ class HSTUEncoder(nn.Module):
             encoder output at each user's last history position (the retrieval user vector; zeros if m = 0).
         """
         self._require_eval("prefill")
-        x = self.input_dropout(self.embedding(items, actions))
+        x = self._embed(items, actions)
         longest = check_hstu_attention_args(
             x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
             query_timestamps=query_timestamps,
@@ -216,7 +225,7 @@ class HSTUEncoder(nn.Module):
         C = cand_items.shape[0]
         cand_offsets = cand_offsets.to(torch.int64)
         n_c = cand_offsets[1:] - cand_offsets[:-1]
-        x0 = self.input_dropout(self.embedding(cand_items, torch.full_like(cand_items, UNKNOWN)))
+        x0 = self._embed(cand_items, torch.full_like(cand_items, UNKNOWN))
         ts = qts = None
         if cache.timestamps is not None:
             ts = cand_timestamps

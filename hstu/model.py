@@ -43,7 +43,7 @@ class HSTURecommender(nn.Module):
         self.encoder = HSTUEncoder(
             c.num_items, c.num_actions, c.dim, c.num_layers, c.num_heads, c.max_seq_len, c.dropout,
             c.attn_activation, c.max_attn_len, c.fused, time_boundaries=TIME_BUCKETS[c.time_buckets],
-            input_norm=c.input_norm,
+            input_norm=c.input_norm, attn_bias=c.attn_bias, use_actions=c.use_actions,
         )
         self.rating_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, 1))
         # start at a typical rating so the first steps of the rating loss do not swamp the retrieval loss

@@ -175,3 +175,41 @@ def test_input_norm_and_fine_time_buckets_reach_every_block():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     with pytest.raises(ArgumentError, match="time_buckets"):
         ModelConfig(num_items=3, time_buckets="weekly")
+
+
+@pytest.mark.parametrize("attn_bias", ["both", "position", "time", "none"])
+def test_attn_bias_ablation_trains_only_the_tables_it_uses(attn_bias):
+    torch.manual_seed(0)
+    model = HSTURecommender(ModelConfig(num_items=NUM_ITEMS, dim=D, max_seq_len=12, dropout=0.0, attn_bias=attn_bias))
+    for block in model.encoder.blocks:
+        with torch.no_grad():
+            block.bias.pos_weight.normal_()
+            block.bias.time_weight.normal_()
+    x = jagged_inputs([5, 0, 7])
+    out = model.encoder(x["items"], x["actions"], x["seq_offsets"], x["timestamps"])
+    out.square().sum().backward()
+    bias = model.encoder.blocks[0].bias
+    assert (bias.pos_weight.grad is not None) == (attn_bias in ("both", "position"))
+    assert (bias.time_weight.grad is not None) == (attn_bias in ("both", "time"))
+    # the plan and the op agree for every choice
+    monkey = hstu.encoder.HSTUEncoder.use_plan
+    try:
+        hstu.encoder.HSTUEncoder.use_plan = False
+        ref = model.encoder(x["items"], x["actions"], x["seq_offsets"], x["timestamps"])
+    finally:
+        hstu.encoder.HSTUEncoder.use_plan = monkey
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="attn_bias"):
+        hstu.HSTUBlock(D, attn_bias="rope")
+
+
+def test_no_actions_ablation_ignores_the_actions():
+    torch.manual_seed(0)
+    x = jagged_inputs([4, 6])
+    other = torch.randint(1, NUM_ACTIONS, x["actions"].shape)
+    for use_actions in (True, False):
+        model = HSTURecommender(ModelConfig(num_items=NUM_ITEMS, dim=D, max_seq_len=12, dropout=0.0,
+                                            use_actions=use_actions))
+        a = model.encoder(x["items"], x["actions"], x["seq_offsets"], x["timestamps"])
+        b = model.encoder(x["items"], other, x["seq_offsets"], x["timestamps"])
+        assert torch.allclose(a, b) == (not use_actions)
