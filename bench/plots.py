@@ -1,15 +1,16 @@
-"""Plots of a training run: its learned relative-attention biases, its training curves, and the rectools comparison.
+"""Plots of a training run: its learned relative-attention biases, its training curves, and the rectools
+comparison.
 
 From a run folder (``hstu train --output-dir RUN``: ``best.pt``, else ``last.pt``, and ``log.jsonl``):
 
-- ``time_bias_<tag>.png``: each block's time-bucket bias ``time_weight [Hb, nb + 1]`` (one line per layer and, for
-  per-head tables, per head) over the buckets, labelled by their time ranges: bucket k holds the gaps
+- ``time_bias_<tag>.png``: each block's time-bucket bias ``time_weight [Hb, nb + 1]`` (one line per layer and,
+  for per-head tables, per head) over the buckets, labelled by their time ranges: bucket k holds the gaps
   ``|t_i - t_j|`` with k boundaries ``<=`` them (``hstu.bias.RelativeAttentionBias``), so with boundaries
   ``b_0 < ... < b_{n-1}`` the buckets are ``< b_0``, ``b_0 - b_1``, ..., ``>= b_{n-1}``;
-- ``position_bias_<tag>.png``: each block's position bias ``pos_weight[:, p(i) - p(j) + N - 1]`` for the causal
-  distances p(i) - p(j) = 0..N-1 (a query attends to itself and earlier positions only);
-- ``training_<tag>.png``: the loss (and its retrieval and rating parts) and validation NDCG@10 per epoch, the best
-  epoch marked;
+- ``position_bias_<tag>.png``: each block's position bias ``pos_weight[:, p(i) - p(j) + N - 1]`` for the
+  causal distances p(i) - p(j) = 0..N-1 (a query attends to itself and earlier positions only);
+- ``training_<tag>.png``: the loss (and its retrieval and rating parts) and validation NDCG@10 per epoch, the
+  best epoch marked;
 - ``comparison_<tag>.png`` with ``--compare``: the table of bench/compare_rectools.py as grouped bars.
 
 matplotlib is optional (the ``bench`` extra): without it the script prints a message and writes nothing.
@@ -36,14 +37,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 UNITS = ((31536000, "y"), (604800, "w"), (86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # what is plotted
 
 
 def human_seconds(seconds) -> str:
-    """``seconds`` in human units (y = 365 d, w, d, h, min, s): a whole number of the largest unit that fits in it
-    when that unit divides it, else a whole number under 100 of a smaller one (900 -> "15min", 2592000 -> "30d"),
-    else 3 significant digits of the largest unit (1000000 -> "1.65w")."""
+    """``seconds`` in human units (y = 365 d, w, d, h, min, s): a whole number of the largest unit that fits
+    in it when that unit divides it, else a whole number under 100 of a smaller one (900 -> "15min",
+    2592000 -> "30d"), else 3 significant digits of the largest unit (1000000 -> "1.65w")."""
     seconds = float(seconds)
     if seconds <= 0:
         return "0s"
@@ -65,8 +66,9 @@ def time_bucket_labels(boundaries) -> list[str]:
 
 
 def read_log(path) -> tuple[list[dict], int | None]:
-    """The epoch records of a run's ``log.jsonl`` in epoch order (the last record of an epoch written twice wins)
-    and the best epoch (the final record's, else the epoch of highest validation NDCG@10; None without epochs)."""
+    """The epoch records of a run's ``log.jsonl`` in epoch order (the last record of an epoch written twice
+    wins) and the best epoch (the final record's, else the epoch of highest validation NDCG@10; None without
+    epochs)."""
     epochs, best = {}, None
     for line in Path(path).read_text().splitlines():
         try:
@@ -115,7 +117,7 @@ def _series_labels(tables):
             yield label, table[head]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the plots
 
 
@@ -126,8 +128,8 @@ def plot_time_bias(plt, time, boundaries, path, title_note=""):
         ax.plot(range(len(labels)), values.tolist(), marker="o", label=label)
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center",
-                       fontsize=8)
+    slanted = len(labels) > 6
+    ax.set_xticklabels(labels, rotation=45 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
     ax.set_xlabel("time gap |t(i) - t(j)| (bucket)")
     ax.set_ylabel("bias value")
     ax.set_title("time-bias curve" + title_note)
@@ -181,8 +183,8 @@ def plot_training(plt, records, best, path, title_note=""):
 
 def plot_run(run_dir, out_dir, tag=None) -> list[Path]:
     """The bias plots of the run's checkpoint (``best.pt``, else ``last.pt``) and the training curves of its
-    ``log.jsonl``, into ``out_dir``; returns the paths written ([] without matplotlib). A missing checkpoint or
-    log is said and skipped."""
+    ``log.jsonl``, into ``out_dir``; returns the paths written ([] without matplotlib). A missing checkpoint
+    or log is said and skipped."""
     plt = pyplot()
     if plt is None:
         return []

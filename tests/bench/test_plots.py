@@ -1,4 +1,5 @@
-"""bench/plots.py on a tiny trained run: the bias, training and comparison PNGs, and the time-bucket labels."""
+"""bench/plots.py on a tiny trained run: the bias, training and comparison PNGs, and the time-bucket
+labels."""
 
 import json
 import shutil
@@ -19,7 +20,8 @@ TINY_MODEL = dict(dim=8, num_layers=2, max_seq_len=8, num_negatives=4, dropout=0
 
 
 def is_png(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > len(plots.PNG_MAGIC) and path.read_bytes()[:8] == plots.PNG_MAGIC
+    magic = plots.PNG_MAGIC
+    return path.is_file() and path.stat().st_size > len(magic) and path.read_bytes()[:len(magic)] == magic
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,8 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("plots")
     data = write_synthetic_ml1m(root / "data", users=12, length=10)
     out = root / "tiny-run"
-    train(TrainConfig(data_dir=str(data), output_dir=str(out), epochs=2, batch_size=4, patience=100, progress=False,
-                      model=TINY_MODEL), log=lambda *_: None)
+    train(TrainConfig(data_dir=str(data), output_dir=str(out), epochs=2, batch_size=4, patience=100,
+                      progress=False, model=TINY_MODEL), log=lambda *_: None)
     return out
 
 
