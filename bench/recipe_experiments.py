@@ -126,7 +126,8 @@ def markdown(summary, header, args, title="Recipe experiments") -> str:
 
     lines = [f"# {title} on {Path(args.data_dir).name}", "",
              f"{args.epochs} epochs per run (best-validation epoch tested), seeds {args.seeds}, extra flags "
-             f"`{args.extra or 'none'}`; mean (min..max over seeds). {header['device']}, torch {header['torch']}, "
+             f"`{args.extra or 'none'}`; mean (min..max over seeds). {header['device'].split(' (')[0]}, "
+             f"{args.jobs} runs at a time with {args.threads} torch thread(s) each, torch {header['torch']}, "
              f"commit {header['commit']}, {header['date']}.", "",
              "| variant | change | HR@10 | NDCG@10 | HR@50 | NDCG@50 | RMSE | best epoch | s/epoch |",
              "|---|---|---|---|---|---|---|---|---|"]
