@@ -31,7 +31,7 @@ VARIANTS = {
     "default": ([], "hstu train's defaults"),
     "input-norm": (["--input-norm"], "LayerNorm before each block's uvqk projection (Meta, rectools)"),
     "fine-time": (["--time-buckets", "fine"], "16 time buckets from 1 s to 1 year instead of 1 h / 1 d / 1 w / 30 d"),
-    "norm+fine": (["--input-norm", "--time-buckets", "fine"], "both of the above"),
+    "norm+fine": (["--input-norm", "--time-buckets", "fine"], "input norm and fine time buckets"),
     "next-time": (["--time-query", "next"], "time bias queried at the predicted event's time (Meta, rectools)"),
     "next+fine": (["--time-query", "next", "--time-buckets", "fine"], "next-event query time and fine buckets"),
     "next+fine+norm": (["--time-query", "next", "--time-buckets", "fine", "--input-norm"], "all three"),
