@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from hstu_kernels import bias_lookup
+from hstu_kernels import bias_lookup, hstu_mask_padded, relative_position_index
 
 
 @dataclass
@@ -50,26 +50,20 @@ class AttentionPlan:
         ar = torch.arange(N, device=device)
         tok = ar[None, :] < lengths[:, None]
         rows = (torch.arange(B, device=device)[:, None] * N + ar[None, :])[tok]
-        u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
-        p = torch.minimum(ar[None, :], u[:, None])
-        p_i, p_j = p[:, :, None], p[:, None, :]
-        valid = p_j < p_i
-        if max_attn_len > 0:
-            valid &= p_i - p_j <= max_attn_len
-        valid |= torch.eye(N, dtype=torch.bool, device=device)[None]
-        valid &= tok[:, :, None] & tok[:, None, :]
+        p, valid = hstu_mask_padded(lengths, N, num_targets=num_targets, max_attn_len=max_attn_len)
         with_time = with_time and timestamps is not None
         nb = len(time_boundaries) + 1 if with_time else 1
         index = None
         if with_pos:
-            index = (p_i - p_j + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2) * nb
+            index = relative_position_index(p, max_seq_len).mul_(nb)
         if with_time:
             ts = _pad(timestamps.to(torch.int64), rows, B, N)
             qts = ts if query_timestamps is None else _pad(query_timestamps.to(torch.int64), rows, B, N)
             # rebased per sequence so that the gaps fit int32 (half the memory traffic of int64)
             first = ts[:, :1].clone()
             ts, qts = ts - first, qts - first
-            big = max(int(ts.abs().max()), int(qts.abs().max())) if ts.numel() else 2**30
+            # one host sync for both
+            big = int(torch.maximum(ts.abs().max(), qts.abs().max())) if ts.numel() else 2**30
             if big < 2**30:
                 ts, qts = ts.to(torch.int32), qts.to(torch.int32)
                 time_boundaries = time_boundaries.clamp(max=2**31 - 1).to(torch.int32)

@@ -103,6 +103,33 @@ def run_on_padded(padded_fn, q, k, v, seq_offsets, max_seq_len, *, timestamps=No
     return out[tok]
 
 
+def hstu_mask_padded(lengths: torch.Tensor, N: int, *, num_targets: Optional[torch.Tensor] = None,
+                     max_attn_len: int = 0):
+    """The op's positions and mask on a padded batch of ``lengths [B]`` padded to ``N``.
+
+    Returns ``p [B, N]`` (each token's position: targets all sit at the first target's) and ``valid [B, N, N]``
+    bool (query i may see key j: causal on positions, within ``max_attn_len`` when > 0, a token always sees
+    itself; padded tokens are never valid).
+    """
+    ar = torch.arange(N, device=lengths.device)
+    tok = ar[None, :] < lengths[:, None]  # [B, N]
+    u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
+    p = torch.minimum(ar[None, :], u[:, None])  # [B, N]
+    p_i, p_j = p[:, :, None], p[:, None, :]
+    valid = p_j < p_i
+    if max_attn_len > 0:
+        valid &= p_i - p_j <= max_attn_len
+    valid |= (ar[:, None] == ar[None, :])[None]
+    valid &= tok[:, :, None] & tok[:, None, :]  # [B, N, N]
+    return p, valid
+
+
+def relative_position_index(p: torch.Tensor, max_seq_len: int) -> torch.Tensor:
+    """``p [B, N]`` positions -> ``[B, N, N]`` int64 index ``p(i) - p(j) + max_seq_len - 1`` into ``pos_weight``;
+    padded tokens may sit at ``p == max_seq_len``: clamped so their (masked) lookups stay in the table."""
+    return (p[:, :, None] - p[:, None, :] + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2)
+
+
 def hstu_scores_padded(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -127,21 +154,9 @@ def hstu_scores_padded(
     compute = torch.promote_types(q.dtype, torch.float32)
     s = alpha * torch.einsum("bihd,bjhd->bhij", q.to(compute), k.to(compute))  # [B, H, N, N]
 
-    ar = torch.arange(N, device=q.device)
-    tok = ar[None, :] < lengths[:, None]  # [B, N]
-    u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
-    p = torch.minimum(ar[None, :], u[:, None])  # [B, N]
-    p_i, p_j = p[:, :, None], p[:, None, :]
-    valid = p_j < p_i
-    if max_attn_len > 0:
-        valid &= p_i - p_j <= max_attn_len
-    valid |= (ar[:, None] == ar[None, :])[None]
-    valid &= tok[:, :, None] & tok[:, None, :]  # [B, N, N]
-
+    p, valid = hstu_mask_padded(lengths, N, num_targets=num_targets, max_attn_len=max_attn_len)
     if pos_weight is not None:
-        # padded tokens may sit at p == max_seq_len: clamp so their (masked) lookups stay in the table
-        rel = (p_i - p_j + max_seq_len - 1).clamp_(0, 2 * max_seq_len - 2)
-        s = s + bias_lookup(pos_weight.to(compute), rel)
+        s = s + bias_lookup(pos_weight.to(compute), relative_position_index(p, max_seq_len))
     if time_weight is not None:
         qt = timestamps if query_timestamps is None else query_timestamps
         dt = (qt.to(torch.int64)[:, :, None] - timestamps.to(torch.int64)[:, None, :]).abs()
