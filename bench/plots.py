@@ -130,12 +130,7 @@ def plot_time_bias(plt, time, boundaries, path, title_note=""):
     ax.set_xticks(range(len(labels)))
     slanted = len(labels) > 6
     ax.set_xticklabels(labels, rotation=45 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
-    ax.set_xlabel("time gap |t(i) - t(j)| (bucket)")
-    ax.set_ylabel("bias value")
-    ax.set_title("time-bias curve" + title_note)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    save_figure(plt, fig, path)
+    _finish_bias_plot(plt, fig, ax, "time gap |t(i) - t(j)| (bucket)", "time-bias curve" + title_note, path)
 
 
 def plot_position_bias(plt, pos, max_seq_len, path, title_note=""):
@@ -146,9 +141,14 @@ def plot_position_bias(plt, pos, max_seq_len, path, title_note=""):
         # index p(i) - p(j) + N - 1: the causal half is N - 1 .. 2N - 2
         ax.plot(distances, values[n - 1:].tolist(), marker="o" if n <= 32 else None, ms=3, label=label)
     ax.axhline(0, color="grey", lw=0.6)
-    ax.set_xlabel("distance p(i) - p(j) (0: the query itself)")
+    _finish_bias_plot(plt, fig, ax, "distance p(i) - p(j) (0: the query itself)", "position-bias curve" + title_note,
+                      path)
+
+
+def _finish_bias_plot(plt, fig, ax, xlabel, title, path):
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("bias value")
-    ax.set_title("position-bias curve" + title_note)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(plt, fig, path)

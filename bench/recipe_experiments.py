@@ -79,9 +79,9 @@ def run_one(args, work_dir: Path, variant: str, seed: int) -> dict:
            "--overwrite", "--epochs", str(args.epochs), "--patience", str(args.epochs), "--seed", str(seed),
            "--device", "cpu", "--no-progress", *args.variant_flags[variant][0], *args.extra.split()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    done = (out / "cmd.json").is_file() and json.loads((out / "cmd.json").read_text()) == cmd[3:]
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if done else []
-    if args.reuse and any("best_epoch" in r for r in records):
+    same = args.reuse and (out / "cmd.json").is_file() and json.loads((out / "cmd.json").read_text()) == cmd[3:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if same else []
+    if any("best_epoch" in r for r in records):
         wall = json.loads((out / "wall.json").read_text())
     else:
         start = time.time()

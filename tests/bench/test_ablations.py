@@ -1,6 +1,5 @@
 """bench/ablations.py on a tiny generated folder: each ablation's flags reach the trained model."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,20 +13,14 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 
 from test_train import write_synthetic_ml1m
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("ablations", ROOT / "bench" / "ablations.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from bench import ablations
 
 
 def test_ablations_quick_mode(tmp_path):
     data = write_synthetic_ml1m(tmp_path / "data", users=8, length=8)
-    bench = load_bench()
-    summary = bench.main(["--data-dir", str(data), "--variants", "softmax,bias-time,no-actions", "--epochs", "1",
-                          "--extra", "--dim 8 --max-seq-len 8 --batch-size 4", "--work-dir", str(tmp_path / "runs"),
-                          "--out-dir", str(tmp_path), "--tag", "smoke"])
+    summary = ablations.main(["--data-dir", str(data), "--variants", "softmax,bias-time,no-actions", "--epochs", "1",
+                              "--extra", "--dim 8 --max-seq-len 8 --batch-size 4", "--work-dir", str(tmp_path / "runs"),
+                              "--out-dir", str(tmp_path), "--tag", "smoke"])
     assert [s["variant"] for s in summary] == ["softmax", "bias-time", "no-actions"]
     config = lambda v: load_checkpoint(tmp_path / "runs" / f"{v}_seed0" / "best.pt")["model_config"]
     assert config("softmax")["attn_activation"] == "softmax"
@@ -40,5 +33,4 @@ def test_ablations_quick_mode(tmp_path):
 
 def test_ablations_rejects_a_recipe_variant():
     with pytest.raises(SystemExit):
-        load_bench().ABLATIONS and load_bench().recipe_experiments.parse_args(
-            ["--data-dir", "x", "--variants", "fine-time"], load_bench().ABLATIONS)
+        ablations.recipe_experiments.parse_args(["--data-dir", "x", "--variants", "fine-time"], ablations.ABLATIONS)

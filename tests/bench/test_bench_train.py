@@ -1,7 +1,6 @@
 """bench/bench_train.py on a tiny generated folder: both variants train, agree on the metrics, and the results
 file holds their epoch times."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,12 +12,7 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 
 from test_train import write_synthetic_ml1m
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from bench import bench_train
 
 
 def test_bench_train_before_and_after_agree(tmp_path):
@@ -26,7 +20,7 @@ def test_bench_train_before_and_after_agree(tmp_path):
     from hstu.encoder import HSTUEncoder
 
     data = write_synthetic_ml1m(tmp_path / "data", users=12, length=10)
-    rows = load_bench().main(["--data-dir", str(data), "--epochs", "2", "--batch-size", "4", "--max-seq-len", "8",
+    rows = bench_train.main(["--data-dir", str(data), "--epochs", "2", "--batch-size", "4", "--max-seq-len", "8",
                               "--tag", "smoke", "--out", str(tmp_path)])
     before, after = rows
     assert (before["variant"], after["variant"]) == ("before", "after")
@@ -42,4 +36,4 @@ def test_bench_train_before_and_after_agree(tmp_path):
 
 def test_bench_train_rejects_unknown_variant():
     with pytest.raises(SystemExit):
-        load_bench().parse_args(["--variants", "fast"])
+        bench_train.parse_args(["--variants", "fast"])

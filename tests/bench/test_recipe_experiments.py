@@ -1,7 +1,6 @@
 """bench/recipe_experiments.py on a tiny generated folder: every asked variant trains, its flags reach the saved
 model config, and the results table is written."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,12 +14,7 @@ sys.path.insert(0, str(ROOT / "tests" / "models"))
 
 from test_train import write_synthetic_ml1m
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("recipe_experiments", ROOT / "bench" / "recipe_experiments.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from bench import recipe_experiments
 
 
 def test_recipe_experiments_quick_mode(tmp_path):
@@ -28,11 +22,11 @@ def test_recipe_experiments_quick_mode(tmp_path):
     argv = ["--data-dir", str(data), "--variants", "default,norm+fine", "--epochs", "1", "--seeds", "0,1",
             "--extra", "--dim 8 --max-seq-len 8 --batch-size 4 --time-query next", "--work-dir", str(tmp_path / "runs"),
             "--out-dir", str(tmp_path), "--tag", "smoke"]
-    load_bench().main(argv)
+    recipe_experiments.main(argv)
     log = tmp_path / "runs" / "default_seed0" / "log.jsonl"
     written = log.stat().st_mtime_ns
     # --reuse takes the finished runs as they are
-    load_bench().main([*argv, "--reuse"])
+    recipe_experiments.main([*argv, "--reuse"])
     assert log.stat().st_mtime_ns == written
     saved = json.loads((tmp_path / "recipe_smoke.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in saved["runs"]) == [
@@ -49,4 +43,4 @@ def test_recipe_experiments_quick_mode(tmp_path):
 @pytest.mark.parametrize("argv", [["--variants", "magic"], ["--epochs", "0"], ["--seeds", "a,b"]])
 def test_recipe_experiments_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
-        load_bench().parse_args(["--data-dir", "x", *argv])
+        recipe_experiments.parse_args(["--data-dir", "x", *argv])
