@@ -15,7 +15,8 @@ rectools 0.19 pins numpy < 2 and an older pytorch-lightning, so it never becomes
     python bench/compare_rectools.py --data-dir DIR [--our-checkpoint runs/x/best.pt] [--max-epochs 15]
 
 Results: ``bench/results/compare_rectools_<data>.json`` and ``.md``. ``--skip-fit`` scores the lists already in
-``WORK/fits`` (written by an earlier or a separate ``rectools_fit.py`` run) without fitting again.
+``WORK/fits`` (written by an earlier or a separate ``rectools_fit.py`` run) without fitting again; ``--resume``
+continues interrupted fits from their per-epoch checkpoints (a fit of ml-1m-half takes hours on two cores).
 """
 
 import argparse
@@ -48,16 +49,18 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--venv", default=str(ROOT / ".venv-rectools"), help="the rectools environment")
     p.add_argument("--skip-fit", action="store_true", help="score the lists already in WORK/fits")
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted rectools fits from WORK/fits/ckpt, skip finished ones")
     return p.parse_args(argv)
 
 
-def run_rectools(venv, split_dir, fits_dir, models, max_epochs):
+def run_rectools(venv, split_dir, fits_dir, models, max_epochs, resume=False):
     python = Path(venv) / "bin" / "python"
     if not python.is_file():
         raise SystemExit(f"{python} is missing: create the rectools environment first (python -m venv {venv} && "
                          f"{venv}/bin/pip install -r bench/requirements-rectools.txt), or pass --skip-fit")
     cmd = [str(python), str(ROOT / "bench" / "rectools_fit.py"), "--split-dir", str(split_dir), "--out-dir",
-           str(fits_dir), "--models", models, "--max-epochs", str(max_epochs)]
+           str(fits_dir), "--models", models, "--max-epochs", str(max_epochs)] + (["--resume"] if resume else [])
     print("running", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -135,7 +138,7 @@ def main(argv=None):
     meta = export_split(seqs, work / "split", data.name)
     print(f"split: {meta['users']} users, {meta['num_items']} items, {meta['train_events']} events -> {work / 'split'}")
     if not args.skip_fit:
-        run_rectools(args.venv, work / "split", work / "fits", args.models, args.max_epochs)
+        run_rectools(args.venv, work / "split", work / "fits", args.models, args.max_epochs, args.resume)
     frames = split_frames(seqs)
     test = frames["test"]
     known = set(frames["train"]["item"].tolist())
