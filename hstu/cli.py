@@ -9,7 +9,8 @@ import json
 import sys
 
 from .config import (
-    ATTN_BIASES, MODEL_FIELDS, MODEL_RANGES, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig,
+    ATTN_BIASES, INPUT_MODES, MODEL_FIELDS, MODEL_RANGES, NEGATIVE_DRAWS, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES,
+    ArgumentError, ModelConfig, Range, TrainConfig,
 )
 
 METRIC_ORDER = ("HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@50", "NDCG@200", "MRR", "RMSE", "MAE")
@@ -34,14 +35,17 @@ MODEL_HELP = {
     "dropout": "dropout rate",
     "max_attn_len": "local attention window in positions (0: none)",
     "temperature": "retrieval temperature: logits are cosine / temperature",
-    "num_negatives": "uniform negatives per sequence of the sampled-softmax retrieval loss",
+    "num_negatives": "uniform negatives of the sampled-softmax retrieval loss, per sequence or per position "
+                     "(--negatives)",
+    "item_init_std": "std of the normal init of the item and action embeddings (0: D^-1/2)",
 }
 # config fields (as library errors name them) -> the flag of each command
 FLAGS = {
     "train": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "output_dir": "--output-dir",
               "attn_activation": "--attn-activation", "fused": "--fused", "input_norm": "--input-norm",
               "time_buckets": "--time-buckets", "time_query": "--time-query",
-              "attn_bias": "--attn-bias", "use_actions": "--no-actions", "amp": "--no-amp", "resume": "--resume",
+              "attn_bias": "--attn-bias", "use_actions": "--no-actions", "input_mode": "--input",
+              "position_embedding": "--position-embedding", "negatives": "--negatives", "amp": "--no-amp", "resume": "--resume",
               "overwrite": "--overwrite", "skip_nonfinite": "--skip-nonfinite",
               **{name: "--" + name.replace("_", "-") for name in (*TRAIN_RANGES, *MODEL_RANGES)}},
     "eval": {"data_dir": "--data-dir", "dataset": "--dataset", "device": "--device", "batch_size": "--batch-size",
@@ -117,6 +121,13 @@ def _train_parser(sub):
     t.add_argument("--time-query", choices=list(TIME_QUERIES),
                    help="query time of the time bias: self (each event's own) or next (the time of the event it "
                         "predicts; the target's at evaluation) (default self)")
+    t.add_argument("--input", dest="input_mode", choices=list(INPUT_MODES),
+                   help="input token: mlp (MLP of item and action embeddings) or sum (item x sqrt(D) + action, as "
+                        "rectools and Meta feed items) (default mlp)")
+    t.add_argument("--position-embedding", action="store_true", default=None,
+                   help="add a learned absolute position embedding, counted back from the last history event")
+    t.add_argument("--negatives", choices=list(NEGATIVE_DRAWS),
+                   help="retrieval negatives drawn once per sequence or afresh per position (default sequence)")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR from its last.pt; only --epochs, --patience, --lr, "

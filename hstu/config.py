@@ -16,6 +16,8 @@ ATTN_ACTIVATIONS = ("silu", "softmax")
 TIME_BUCKETS = ("coarse", "fine")
 TIME_QUERIES = ("self", "next")
 ATTN_BIASES = ("both", "position", "time", "none")
+INPUT_MODES = ("mlp", "sum")
+NEGATIVE_DRAWS = ("sequence", "position")
 
 
 class ArgumentError(ValueError):
@@ -86,6 +88,7 @@ MODEL_RANGES = {
     "max_attn_len": Range(int, 0),
     "temperature": Range(float, 0, low_open=True),
     "num_negatives": Range(int, 1),
+    "item_init_std": Range(float, 0),
 }
 
 TRAIN_RANGES = {
@@ -128,6 +131,18 @@ class ModelConfig:
     # (False: every token's action is UNKNOWN, so the model sees items only, as SASRec does)
     attn_bias: str = "both"
     use_actions: bool = True
+    # the input token: "mlp" (MLP of the item and action embeddings, concatenated) or "sum" (item embedding x
+    # sqrt(D) + action embedding, so the residual stream starts in the output item table's space, as rectools' and
+    # Meta's HSTU feed item x sqrt(D))
+    input_mode: str = "mlp"
+    # a learned absolute position embedding added to the input, indexed by the distance from the segment's last
+    # history event (1 for it, 2 for the one before, ...; 0 for target tokens), as rectools indexes from the end
+    position_embedding: bool = False
+    # std of the normal init of the item and action tables (0: D^-1/2); Meta's HSTU uses 0.02
+    item_init_std: float = 0.0
+    # the retrieval loss's negatives: one draw of num_negatives per "sequence", shared by its positions, or a fresh
+    # draw per labelled "position" (as Meta's and rectools' samplers)
+    negatives: str = "sequence"
 
     def __post_init__(self):
         Range(int, 1).check("num_items", self.num_items)
@@ -145,6 +160,10 @@ class ModelConfig:
             raise ArgumentError("time_buckets", f"must be one of {', '.join(TIME_BUCKETS)}, got {self.time_buckets!r}")
         if self.attn_bias not in ATTN_BIASES:
             raise ArgumentError("attn_bias", f"must be one of {', '.join(ATTN_BIASES)}, got {self.attn_bias!r}")
+        if self.input_mode not in INPUT_MODES:
+            raise ArgumentError("input_mode", f"must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}")
+        if self.negatives not in NEGATIVE_DRAWS:
+            raise ArgumentError("negatives", f"must be one of {', '.join(NEGATIVE_DRAWS)}, got {self.negatives!r}")
         if self.time_query not in TIME_QUERIES:
             raise ArgumentError("time_query", f"must be one of {', '.join(TIME_QUERIES)}, got {self.time_query!r}")
 

@@ -10,6 +10,7 @@ from .attention_plan import AttentionPlan
 from .bias import DEFAULT_TIME_BOUNDARIES
 from .block import HSTUBlock
 from .embedding import FusedInputEmbedding
+from .jagged import inverse_positions
 from .kv_cache import KVCache
 
 
@@ -48,12 +49,16 @@ class HSTUEncoder(nn.Module):
         input_norm: bool = False,
         attn_bias: str = "both",
         use_actions: bool = True,
+        input_mode: str = "mlp",
+        position_embedding: bool = False,
+        item_init_std: float = 0.0,
     ):
         super().__init__()
         if fused and attn_activation != "silu":
             raise ValueError("HSTUEncoder(fused=True) supports attn_activation='silu' only: the fused kernels are SiLU attention")
         self.max_seq_len = max_seq_len
-        self.embedding = FusedInputEmbedding(num_items, num_actions, dim)
+        self.embedding = FusedInputEmbedding(num_items, num_actions, dim, input_mode,
+                                             max_seq_len if position_embedding else 0, item_init_std)
         self.input_dropout = nn.Dropout(dropout)
         self.use_actions = use_actions
         self.blocks = nn.ModuleList(
@@ -65,11 +70,18 @@ class HSTUEncoder(nn.Module):
             for _ in range(num_layers)
         )
 
-    def _embed(self, items: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    @property
+    def uses_positions(self) -> bool:
+        return self.embedding.position_embedding is not None
+
+    def _embed(self, items: torch.Tensor, actions: torch.Tensor, positions=None) -> torch.Tensor:
+        """``positions``: a callable giving the tokens' ``inverse_positions``, called only when the embedding uses
+        them (it costs a pass over the offsets)."""
         if not self.use_actions:
             # items only: one action for every token, so the input carries no rating information
             actions = torch.full_like(actions, UNKNOWN)
-        return self.input_dropout(self.embedding(items, actions))
+        pos = positions() if self.uses_positions else None
+        return self.input_dropout(self.embedding(items, actions, pos))
 
     @property
     def item_table(self) -> torch.Tensor:
@@ -87,7 +99,7 @@ class HSTUEncoder(nn.Module):
         query_timestamps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``)."""
-        x = self._embed(items, actions)
+        x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0], num_targets))
         longest = None
         if check:
             # the offsets, targets and timestamps are the same for every layer: check them once
@@ -123,7 +135,12 @@ class HSTUEncoder(nn.Module):
         timestamps: Optional[torch.Tensor] = None,
         num_targets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        x = self._embed(items, actions)
+        def positions():
+            history = lengths if num_targets is None else lengths - num_targets
+            dist = history[:, None] - torch.arange(items.shape[1], device=items.device)[None, :]
+            return dist.clamp(min=0)
+
+        x = self._embed(items, actions, positions)
         for block in self.blocks:
             x = block.forward_padded(x, lengths, timestamps, num_targets)
         return x
@@ -154,7 +171,7 @@ class HSTUEncoder(nn.Module):
             encoder output at each user's last history position (the retrieval user vector; zeros if m = 0).
         """
         self._require_eval("prefill")
-        x = self._embed(items, actions)
+        x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0]))
         longest = check_hstu_attention_args(
             x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
             query_timestamps=query_timestamps,
@@ -225,7 +242,8 @@ class HSTUEncoder(nn.Module):
         C = cand_items.shape[0]
         cand_offsets = cand_offsets.to(torch.int64)
         n_c = cand_offsets[1:] - cand_offsets[:-1]
-        x0 = self._embed(cand_items, torch.full_like(cand_items, UNKNOWN))
+        # a candidate is a target token: position 0, after the whole history
+        x0 = self._embed(cand_items, torch.full_like(cand_items, UNKNOWN), lambda: torch.zeros_like(cand_items))
         ts = qts = None
         if cache.timestamps is not None:
             ts = cand_timestamps

@@ -4,7 +4,8 @@ import torch
 
 from hstu_kernels import jagged_to_padded
 
-__all__ = ["lengths_to_offsets", "jagged_to_padded", "padded_to_jagged", "segment_ids", "check_offsets"]
+__all__ = ["lengths_to_offsets", "jagged_to_padded", "padded_to_jagged", "segment_ids", "check_offsets",
+           "inverse_positions"]
 
 
 def lengths_to_offsets(lengths: torch.Tensor) -> torch.Tensor:
@@ -35,3 +36,13 @@ def check_offsets(name: str, offsets: torch.Tensor, length: int) -> torch.Tensor
     if int(offsets[0]) != 0 or int(offsets[-1]) != length or bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError(f"{name} must rise from 0 to {length} (the number of rows it splits), got {offsets.tolist()}")
     return offsets
+
+
+def inverse_positions(offsets: torch.Tensor, total: int, num_targets=None) -> torch.Tensor:
+    """``[total]`` int64 distance of each history row from its segment's end: the last history event is 1, the one
+    before it 2, ...; the ``num_targets [B]`` target rows closing each segment are 0 (they sit after the history)."""
+    offsets = offsets.to(torch.int64)
+    seg = segment_ids(offsets, total)
+    history_end = offsets[1:] if num_targets is None else offsets[1:] - num_targets.to(torch.int64)
+    dist = history_end[seg] - torch.arange(total, device=offsets.device)
+    return dist.clamp(min=0)

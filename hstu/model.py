@@ -43,7 +43,8 @@ class HSTURecommender(nn.Module):
         self.encoder = HSTUEncoder(
             c.num_items, c.num_actions, c.dim, c.num_layers, c.num_heads, c.max_seq_len, c.dropout,
             c.attn_activation, c.max_attn_len, c.fused, time_boundaries=TIME_BUCKETS[c.time_buckets],
-            input_norm=c.input_norm, attn_bias=c.attn_bias, use_actions=c.use_actions,
+            input_norm=c.input_norm, attn_bias=c.attn_bias, use_actions=c.use_actions, input_mode=c.input_mode,
+            position_embedding=c.position_embedding, item_init_std=c.item_init_std,
         )
         self.rating_head = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, 1))
         # start at a typical rating so the first steps of the rating loss do not swamp the retrieval loss
@@ -78,16 +79,18 @@ class HSTURecommender(nn.Module):
         """Sampled softmax over cosine similarity / temperature.
 
         Each labelled position (``next_items > 0``) scores its next item against ``num_negatives`` items drawn
-        uniformly for its sequence, anew each batch; accidental hits (a negative equal to the positive) are
-        masked out. Drawing per sequence rather than once per batch lets a batch push away ``B`` times more
-        distinct items: on MovieLens-100K that learned several times faster per step than one shared set, at
-        the cost of a ``[B, T, num_negatives]`` score tensor (no ``[L, num_negatives, D]`` gather).
+        uniformly, anew each batch; accidental hits (a negative equal to the positive) are masked out. Under
+        ``negatives = "sequence"`` one draw serves all of a sequence's positions: a ``[B, T, num_negatives]`` score
+        tensor with no ``[L, num_negatives, D]`` gather (on MovieLens-100K that learned several times faster per
+        step than one set for the batch). Under ``"position"`` every labelled position draws its own, as Meta's
+        and rectools' samplers do.
 
         Args:
             out: ``[L, D]`` encoder outputs, jagged by ``seq_offsets [B+1]``.
             next_items: ``[L]`` int64 next-item labels (0: no label).
-            negatives: ``[B, num_negatives]`` item ids to use instead of drawing them (data-parallel ranks
-                draw a global batch's negatives alike and keep their own sequences' rows).
+            negatives: item ids to use instead of drawing them: ``[B, num_negatives]`` per sequence (data-parallel
+                ranks draw a global batch's negatives alike and keep their own sequences' rows), or
+                ``[R, num_negatives]`` per labelled position under ``"position"``.
             reduction: ``"mean"`` over the labelled positions, or ``"sum"`` (a rank's part of a global mean).
         """
         rows = next_items > 0
@@ -95,18 +98,27 @@ class HSTURecommender(nn.Module):
             return out.sum() * 0.0
         lengths = seq_offsets[1:] - seq_offsets[:-1]
         B, K = lengths.shape[0], self.config.num_negatives
+        per_position = self.config.negatives == "position"
+        pos = next_items[rows]
+        draw = (pos.shape[0] if per_position else B, K)
         if negatives is None:
-            negs = torch.randint(1, self.config.num_items + 1, (B, K), device=out.device, generator=generator)
+            negs = torch.randint(1, self.config.num_items + 1, draw, device=out.device, generator=generator)
+        elif tuple(negatives.shape) != draw:
+            raise ValueError(f"negatives must have shape {list(draw)} (negatives = {self.config.negatives!r}), got "
+                             f"{list(negatives.shape)}")
         else:
             negs = negatives.to(out.device)
         table = F.normalize(self.encoder.item_table.float(), dim=-1)
         u = F.normalize(out.float(), dim=-1)
-        max_len = int(lengths.max())
-        u_pad, tok = jagged_to_padded(u, seq_offsets, max_len)  # [B, T, D]
-        neg_logit = torch.bmm(u_pad, table[negs].transpose(1, 2))[tok][rows]  # [R, K]
-        pos = next_items[rows]
-        seg = torch.repeat_interleave(torch.arange(B, device=out.device), lengths, output_size=out.shape[0])[rows]
-        neg_logit = neg_logit.masked_fill(negs[seg] == pos[:, None], float("-inf"))
+        if per_position:
+            neg_logit = _rowwise_logits(u[rows], table, negs)
+            hits = negs == pos[:, None]
+        else:
+            u_pad, tok = jagged_to_padded(u, seq_offsets, int(lengths.max()))  # [B, T, D]
+            neg_logit = torch.bmm(u_pad, table[negs].transpose(1, 2))[tok][rows]  # [R, K]
+            seg = torch.repeat_interleave(torch.arange(B, device=out.device), lengths, output_size=out.shape[0])[rows]
+            hits = negs[seg] == pos[:, None]
+        neg_logit = neg_logit.masked_fill(hits, float("-inf"))
         pos_logit = (u[rows] * table[pos]).sum(-1, keepdim=True)
         logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
         return F.cross_entropy(logits, torch.zeros_like(pos), reduction=reduction)
@@ -147,6 +159,20 @@ class HSTURecommender(nn.Module):
         item = F.normalize(self.encoder.item_table[cand_items], dim=-1).to(user.dtype)
         retrieval = (F.normalize(user, dim=-1) * item).sum(-1) / self.config.temperature
         return CandidateScores(outputs=out, ratings=self.predict_ratings(out), retrieval=retrieval)
+
+
+def _rowwise_logits(u: torch.Tensor, table: torch.Tensor, negs: torch.Tensor, budget: int = 2**22) -> torch.Tensor:
+    """``u [R, D]`` against its own items ``negs [R, K]`` of ``table [N, D]`` -> ``[R, K]``, in row chunks of about
+    ``budget`` elements. Up to 32 K items it scores every item and gathers: a dense matmul, cheaper on a CPU than
+    gathering ``[rows, K, D]`` item vectors (whose gradient is a scatter-add), which larger catalogues do."""
+    n, k = table.shape[0], negs.shape[1]
+    full = n <= 32 * k
+    step = max(1, budget // (n if full else k * u.shape[1]))
+    parts = []
+    for s in range(0, u.shape[0], step):
+        uc, nc = u[s:s + step], negs[s:s + step]
+        parts.append((uc @ table.t()).gather(1, nc) if full else torch.einsum("rd,rkd->rk", uc, table[nc]))
+    return torch.cat(parts) if parts else u.new_zeros((0, k))
 
 
 def next_event_times(timestamps: torch.Tensor, seq_offsets: torch.Tensor, last=None) -> torch.Tensor:

@@ -251,6 +251,9 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model_cfg = ModelConfig(num_items=seqs.num_items, **cfg.model)
+    if ctx.active and model_cfg.negatives == "position":
+        # the ranks draw one process's negatives alike, per sequence; per-position draws have no such split yet
+        raise ArgumentError("negatives", "'position' is single-process only: use 'sequence' under torchrun")
     meta = {"item_ids": data.item_ids.tolist(), "data_dir": str(Path(data.data_dir).resolve()), "dataset": data.name}
     applied = {}
     if ckpt is not None:

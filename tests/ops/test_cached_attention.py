@@ -129,10 +129,11 @@ EH = [4, 0, 1, 6]  # history lengths: a cold-start user among them
 EC = [5, 3, 0, 7]  # candidates per user
 
 
-def make_encoder(window=0, per_head=True, seed=0):
+def make_encoder(window=0, per_head=True, seed=0, **input_options):
     torch.manual_seed(seed)
     enc = HSTUEncoder(NUM_ITEMS, NUM_ACTIONS, dim=8, num_layers=2, num_heads=2, max_seq_len=N, dropout=0.0,
-                      max_attn_len=window, per_head_bias=per_head, time_boundaries=(5, 20, 60)).double().eval()
+                      max_attn_len=window, per_head_bias=per_head, time_boundaries=(5, 20, 60),
+                      **input_options).double().eval()
     with torch.no_grad():  # the bias tables start at zero: give them values so that they matter
         for block in enc.blocks:
             block.bias.pos_weight.normal_()
@@ -166,9 +167,11 @@ def clone_cache(cache):
     return [t.clone() for t in [*cache.k, *cache.v, cache.seq_offsets, cache.lengths, cache.timestamps, cache.last_output]]
 
 
-@pytest.mark.parametrize("window,per_head", [(0, True), (3, False)])
-def test_score_candidates_matches_full_forward(window, per_head):
-    enc = make_encoder(window, per_head)
+@pytest.mark.parametrize("window,per_head,inputs", [
+    (0, True, {}), (3, False, {}), (0, True, dict(input_mode="sum", position_embedding=True)),
+])
+def test_score_candidates_matches_full_forward(window, per_head, inputs):
+    enc = make_encoder(window, per_head, **inputs)
     h, c = requests()
     want = full_forward(enc, h, c)
     cache = enc.prefill(h["items"], h["actions"], h["seq_offsets"], h["timestamps"])
@@ -187,8 +190,8 @@ def test_score_candidates_matches_full_forward(window, per_head):
     torch.testing.assert_close(cache.last_output, last)
     # both layers matter: a one-layer model gives something else
     assert not torch.allclose(enc.blocks[1].forward_cached(
-        enc.embedding(c["items"], torch.full_like(c["items"], UNKNOWN)), c["offsets"], cache.k[1], cache.v[1],
-        cache.seq_offsets, c["timestamps"], None, cache.timestamps), want)
+        enc.embedding(c["items"], torch.full_like(c["items"], UNKNOWN), torch.zeros_like(c["items"])), c["offsets"],
+        cache.k[1], cache.v[1], cache.seq_offsets, c["timestamps"], None, cache.timestamps), want)
 
 
 def test_score_candidates_default_times_and_query_times():
