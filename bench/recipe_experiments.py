@@ -39,6 +39,11 @@ VARIANTS = {
     "no-rating": (["--rating-loss-weight", "0"], "no rating loss (retrieval only; the RMSE is of an untrained head)"),
     "batch-128": (["--batch-size", "128"], "128 users per batch (rectools, Meta) instead of 32"),
     "dropout-0.5": (["--dropout", "0.5"], "dropout 0.5 instead of 0.2"),
+    "init-0.02": (["--item-init-std", "0.02"], "item and action tables drawn with std 0.02 (Meta) instead of D^-1/2"),
+    "pos-emb": (["--position-embedding"], "a learned absolute position embedding, counted from the end (rectools)"),
+    "ref-input": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02"],
+                  "the references' input: item x sqrt(D) (+ action) + position embedding, small init, no MLP"),
+    "neg-position": (["--negatives", "position"], "fresh negatives per labelled position (Meta, rectools)"),
 }
 METRICS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR", "RMSE")
 
