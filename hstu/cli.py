@@ -9,7 +9,7 @@ import json
 import sys
 
 from .config import (
-    ATTN_BIASES, INPUT_MODES, MODEL_FIELDS, MODEL_RANGES, NEGATIVE_DRAWS, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES,
+    ATTN_BIASES, INPUT_MODES, MODEL_FIELDS, MODEL_RANGES, NEGATIVE_DRAWS, PRESETS, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES,
     ArgumentError, ModelConfig, Range, TrainConfig,
 )
 
@@ -107,6 +107,9 @@ def _train_parser(sub):
         for name, allowed in ranges.items():
             t.add_argument("--" + name.replace("_", "-"), type=_ranged(allowed),
                            help=f"{helps[name]}; {allowed.describe()} (default {getattr(config, name)})")
+    t.add_argument("--preset", choices=list(PRESETS),
+                   help="model size: " + "; ".join(f"{n}: {', '.join(f'{k}={v}' for k, v in m.items()) or 'the defaults'}"
+                                                   for n, m in PRESETS.items()) + " (flags given override it)")
     t.add_argument("--attn-activation", choices=["silu", "softmax"], help="attention nonlinearity (default silu)")
     t.add_argument("--fused", action="store_true", default=None, help="run attention on the fused GPU kernels")
     t.add_argument("--input-norm", action="store_true", default=None,
@@ -173,7 +176,8 @@ def _train_config(args) -> TrainConfig:
     """The run's config: the flags given, over the saved run's config (``--resume``) or the defaults."""
     given = {name: getattr(args, name) for name in (*TRAIN_RANGES, "data_dir", "dataset", "device", "skip_nonfinite")
              if getattr(args, name) is not None}
-    model = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
+    model = {**PRESETS[args.preset or "default"],
+             **{name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}}
     if args.no_amp:
         given["amp"] = False
     # bars on a terminal only: piped into a log, they are noise

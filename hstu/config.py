@@ -17,6 +17,13 @@ TIME_BUCKETS = ("coarse", "fine")
 TIME_QUERIES = ("self", "next")
 ATTN_BIASES = ("both", "position", "time", "none")
 INPUT_MODES = ("mlp", "sum")
+# named model sizes for `hstu train --preset`; flags given beside a preset override its values
+PRESETS = {
+    # the seed's size: D 64, 2 blocks, 1 head (the ModelConfig defaults)
+    "default": {},
+    # rectools' HSTU-large and Meta's ml-1m large config: 8 blocks, 2 heads (Meta: D 50 at 25 per head)
+    "large": {"num_layers": 8, "num_heads": 2},
+}
 NEGATIVE_DRAWS = ("sequence", "position")
 
 

@@ -168,3 +168,17 @@ def test_ctrl_c_in_eval_and_recommend_exits_130(monkeypatch, capsys, command):
     monkeypatch.setattr(serving, "load_for_inference", interrupted)
     assert main([command, "--checkpoint", "x.pt", "--user", "1"][: 3 if command == "eval" else 5]) == 130
     assert capsys.readouterr().err.strip() == f"hstu {command}: interrupted"
+
+
+def test_preset_sets_the_model_size_and_flags_override_it():
+    from hstu.cli import _train_config
+
+    def model_of(*flags):
+        return _train_config(_parser().parse_args(["train", *flags])).model
+
+    assert model_of() == {}
+    assert model_of("--preset", "large") == {"num_layers": 8, "num_heads": 2}
+    assert model_of("--preset", "large", "--num-layers", "4", "--input", "sum") == {
+        "num_layers": 4, "num_heads": 2, "input_mode": "sum"}
+    assert model_of("--position-embedding", "--negatives", "position", "--item-init-std", "0.02") == {
+        "position_embedding": True, "negatives": "position", "item_init_std": 0.02}
