@@ -175,6 +175,16 @@ class ModelConfig:
             raise ArgumentError("time_query", f"must be one of {', '.join(TIME_QUERIES)}, got {self.time_query!r}")
 
 
+# model fields whose default changed, with the value they had before: a config saved before the change lacks
+# them and means these (hstu 0.x checkpoints: the MLP input, no position embedding, D^-1/2 init)
+LEGACY_MODEL_VALUES = {"input_mode": "mlp", "position_embedding": False, "item_init_std": 0.0}
+
+
+def saved_model_fields(saved: dict) -> dict:
+    """A saved model config with the fields it predates filled in as they were then."""
+    return {**{k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in saved}, **saved}
+
+
 # the model fields a training run chooses (num_items and num_actions come from the data)
 MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("num_items", "num_actions"))
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bias import TIME_BUCKETS
-from .config import ModelConfig
+from .config import ModelConfig, saved_model_fields
 from .encoder import HSTUEncoder
 from .jagged import jagged_to_padded
 from .kv_cache import KVCache
@@ -52,7 +52,8 @@ class HSTURecommender(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict) -> "HSTURecommender":
-        return cls(ModelConfig(**config))
+        """The model of a saved ``config_dict()``; a config saved before a default changed keeps its old value."""
+        return cls(ModelConfig(**saved_model_fields(config)))
 
     def config_dict(self) -> dict:
         return asdict(self.config)

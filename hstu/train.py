@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from . import distributed, run_folder
 from .checkpoint import CheckpointError, load_checkpoint, non_finite_tensors, remove_stale_temporaries, save_checkpoint
-from .config import MODEL_FIELDS, RESUMABLE, RUN_CONTROL, ArgumentError, ModelConfig, TrainConfig
+from .config import (
+    LEGACY_MODEL_VALUES, MODEL_FIELDS, RESUMABLE, RUN_CONTROL, ArgumentError, ModelConfig, TrainConfig, saved_model_fields,
+)
 from .data.batching import length_bucketed_batches, training_batch
 from .evaluate import evaluate_model, evaluate_popularity
 from .model import HSTURecommender
@@ -125,7 +127,9 @@ def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainC
     # the folder the run read, resolved when it started: a relative data_dir or $HSTU_DATA_DIR can point
     # elsewhere when the run is resumed
     saved["data_dir"] = ckpt["data_dir"]
-    saved["model"] = {**saved.get("model", {}), **(model or {})}
+    # the saved model dict holds the flags the run was started with; fields it predates keep their old values
+    predated = {k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in ckpt.get("model_config", {})}
+    saved["model"] = {**predated, **saved.get("model", {}), **(model or {})}
     return TrainConfig(**{**saved, **changes, "output_dir": str(output_dir), "resume": True, "overwrite": False})
 
 
@@ -138,7 +142,7 @@ def _resume_differences(ckpt: dict, cfg: TrainConfig, model_cfg: ModelConfig, me
             continue
         if saved.get(name) != value:
             (applied if name in RESUMABLE else refused)[name] = (saved.get(name), value)
-    saved_model, asked_model = ckpt["model_config"], asdict(model_cfg)
+    saved_model, asked_model = saved_model_fields(ckpt["model_config"]), asdict(model_cfg)
     for name in ("num_items", "num_actions", *MODEL_FIELDS):
         if saved_model.get(name) != asked_model[name]:
             refused[name] = (saved_model.get(name), asked_model[name])

@@ -270,3 +270,23 @@ def test_ctrl_c_while_an_epoch_is_saved_waits_for_the_save(data, tmp_path, monke
     assert err.value.epoch == 1 and err.value.checkpoint == tmp_path / "last.pt"
     assert load_checkpoint(tmp_path / "best.pt")["state"]["epoch"] == 1
     assert load_checkpoint(tmp_path / "last.pt")["state"]["epoch"] == 1
+
+
+def test_a_checkpoint_saved_before_a_default_changed_loads_and_resumes_as_it_was(data, tmp_path):
+    from hstu.checkpoint import save_checkpoint
+    from hstu.config import LEGACY_MODEL_VALUES
+    from hstu.serving import load_for_inference
+
+    out = tmp_path / "old"
+    train(config(data, out, epochs=1, model={**TINY_MODEL, **LEGACY_MODEL_VALUES}), log=quiet)
+    for name in ("last.pt", "best.pt"):  # as an older hstu wrote them: no such fields, no such flags
+        ckpt = load_checkpoint(out / name)
+        for field in LEGACY_MODEL_VALUES:
+            del ckpt["model_config"][field]
+            del ckpt["train_config"]["model"][field]
+        save_checkpoint(out / name, ckpt)
+    model, *_ = load_for_inference(out / "best.pt", str(data), "ml-1m", "cpu")
+    assert {k: getattr(model.config, k) for k in LEGACY_MODEL_VALUES} == LEGACY_MODEL_VALUES
+    assert model.encoder.embedding.mlp is not None
+    train(resume_config(out, epochs=2), log=quiet)
+    assert epochs_logged(out)[0] == [1, 2]
