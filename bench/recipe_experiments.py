@@ -44,6 +44,12 @@ VARIANTS = {
     "ref-input": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02"],
                   "the references' input: item x sqrt(D) (+ action) + position embedding, small init, no MLP"),
     "neg-position": (["--negatives", "position"], "fresh negatives per labelled position (Meta, rectools)"),
+    "ref+neg-position": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02", "--negatives",
+                          "position"], "the references' input and per-position negatives"),
+    "ref+next+fine": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02", "--time-query", "next",
+                       "--time-buckets", "fine"], "the references' input and their time bias (next-event query, fine)"),
+    "ref+norm": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02", "--input-norm"],
+                 "the references' input and their LayerNorm before uvqk"),
 }
 METRICS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR", "RMSE")
 
