@@ -16,6 +16,7 @@ from hstu_kernels import (
 
 from .bias import DEFAULT_TIME_BOUNDARIES, RelativeAttentionBias
 from .config import ATTN_BIASES
+from .dropout import Dropout
 from .jagged import jagged_to_padded, lengths_to_offsets, padded_to_jagged
 from .softmax_attention import softmax_attention, softmax_attention_padded
 
@@ -85,7 +86,7 @@ class HSTUBlock(nn.Module):
         self.bias = RelativeAttentionBias(max_seq_len, num_heads if per_head_bias else 1, time_boundaries)
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def project(self, x: torch.Tensor):
         """``x [..., D]`` -> ``u [..., D]`` and ``v, q, k [..., H, D / H]``: the block's pointwise projection."""

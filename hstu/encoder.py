@@ -9,6 +9,7 @@ from .actions import UNKNOWN
 from .attention_plan import AttentionPlan
 from .bias import DEFAULT_TIME_BOUNDARIES
 from .block import HSTUBlock
+from .dropout import Dropout
 from .embedding import FusedInputEmbedding
 from .jagged import inverse_positions
 from .kv_cache import KVCache
@@ -59,7 +60,7 @@ class HSTUEncoder(nn.Module):
         self.max_seq_len = max_seq_len
         self.embedding = FusedInputEmbedding(num_items, num_actions, dim, input_mode,
                                              max_seq_len if position_embedding else 0, item_init_std)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.use_actions = use_actions
         self.blocks = nn.ModuleList(
             HSTUBlock(
