@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit():
-    """The checkout's short commit, with "+dirty" when tracked files differ from it; None outside a git checkout."""
+    """The checkout's short commit, with "+dirty" when tracked files differ from it. Outside a git checkout (a
+    ``git archive`` snapshot that long runs start from, so that edits to the checkout cannot reach them):
+    ``$HSTU_COMMIT``, else None."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -33,7 +35,7 @@ def git_commit():
                                capture_output=True, text=True, check=True).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
-        return None
+        return os.environ.get("HSTU_COMMIT")
 
 
 def slug(text):
