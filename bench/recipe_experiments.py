@@ -84,13 +84,20 @@ def parse_args(argv=None, variants=None, doc=None):
     return args
 
 
+def _flags(cmd):
+    """A run's ``hstu train`` flags without its output folder (a moved or linked run folder is the same run)."""
+    i = cmd.index("--output-dir")
+    return cmd[:i] + cmd[i + 2:]
+
+
 def run_one(args, work_dir: Path, variant: str, seed: int) -> dict:
     out = work_dir / f"{variant}_seed{seed}"
     cmd = [sys.executable, "-m", "hstu", "train", "--data-dir", args.data_dir, "--output-dir", str(out),
            "--overwrite", "--epochs", str(args.epochs), "--patience", str(args.epochs), "--seed", str(seed),
            "--device", "cpu", "--no-progress", *args.variant_flags[variant][0], *args.extra.split()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    same = args.reuse and (out / "cmd.json").is_file() and json.loads((out / "cmd.json").read_text()) == cmd[3:]
+    same = args.reuse and (out / "cmd.json").is_file() and _flags(json.loads((out / "cmd.json").read_text())) == _flags(
+        cmd[3:])
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if same else []
     if any("best_epoch" in r for r in records):
         wall = json.loads((out / "wall.json").read_text())
