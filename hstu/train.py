@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import distributed, run_folder
 from .checkpoint import CheckpointError, load_checkpoint, non_finite_tensors, remove_stale_temporaries, save_checkpoint
 from .config import (
-    LEGACY_MODEL_VALUES, MODEL_FIELDS, RESUMABLE, RUN_CONTROL, ArgumentError, ModelConfig, TrainConfig, saved_model_fields,
+    LEGACY_MODEL_VALUES, LEGACY_TRAIN_VALUES, MODEL_FIELDS, RESUMABLE, RUN_CONTROL, ArgumentError, ModelConfig, TrainConfig, saved_model_fields,
 )
 from .data.batching import length_bucketed_batches, training_batch
 from .evaluate import evaluate_model, evaluate_popularity
@@ -123,7 +123,8 @@ def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainC
     path = Path(output_dir) / "last.pt"
     ckpt = load_checkpoint(path, require=("train_config", "data_dir"))
     known = {f.name for f in fields(TrainConfig)}
-    saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
+    saved = {**{k: v for k, v in LEGACY_TRAIN_VALUES.items() if k not in ckpt["train_config"]},
+             **{k: v for k, v in ckpt["train_config"].items() if k in known}}
     # the folder the run read, resolved when it started: a relative data_dir or $HSTU_DATA_DIR can point
     # elsewhere when the run is resumed
     saved["data_dir"] = ckpt["data_dir"]
@@ -135,7 +136,7 @@ def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainC
 
 def _resume_differences(ckpt: dict, cfg: TrainConfig, model_cfg: ModelConfig, meta: dict):
     """``(refused, applied)``: ``{field: (saved, asked)}`` for the settings a resume may not and may change."""
-    saved, asked = ckpt["train_config"], cfg.to_dict()
+    saved, asked = {**LEGACY_TRAIN_VALUES, **ckpt["train_config"]}, cfg.to_dict()
     refused, applied = {}, {}
     for name, value in asked.items():
         if name in RUN_CONTROL or name in ("model", "data_dir", "dataset", "output_dir"):
@@ -266,14 +267,15 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
             raise ResumeMismatch(out_dir / "last.pt", refused)
     model = HSTURecommender(model_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "stale": 0}
+    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "stale": 0, "lr_scale": 1.0}
     if ckpt is not None:
         _load_state(model, ckpt["model"], out_dir / "last.pt", "model weights")
         _load_state(opt, ckpt["optimizer"], out_dir / "last.pt", "optimizer state")
-        # the optimizer state carries the saved lr: the asked one wins (it equals the saved one unless changed)
+        # the optimizer state carries the saved lr: the asked one wins (it equals the saved one unless changed),
+        # times the decay the run has applied so far
+        state = {"lr_scale": 1.0, **ckpt["state"]}
         for group in opt.param_groups:
-            group["lr"] = cfg.lr
-        state = dict(ckpt["state"])
+            group["lr"] = cfg.lr * state["lr_scale"]
         rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         # the negatives are drawn on the model's device: on CUDA its generator is part of the run too
@@ -401,7 +403,7 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
                 raise diverged(f"non-finite validation scores for {valid['non_finite_users']} users", epoch, 0)
             record = {
                 "epoch": epoch, "loss": means[0], "retrieval_loss": means[1], "rating_loss": means[2],
-                "skipped_steps": skipped, "seconds": round(time.time() - start, 2),
+                "skipped_steps": skipped, "seconds": round(time.time() - start, 2), "lr": opt.param_groups[0]["lr"],
                 **{f"valid_{k}": v for k, v in valid.items()},
             }
             # log line first, then checkpoints: a resume from an older last.pt drops the extra line
@@ -412,6 +414,12 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
                     state.update(best_ndcg=valid["NDCG@10"], best_epoch=epoch, stale=0)
                 else:
                     state["stale"] += 1
+                decay = (not improved and cfg.lr_decay < 1 and state["stale"] % cfg.lr_patience == 0
+                         and state["stale"] < cfg.patience)
+                if decay:
+                    state["lr_scale"] *= cfg.lr_decay
+                    for group in opt.param_groups:
+                        group["lr"] = cfg.lr * state["lr_scale"]
                 if main:
                     run_folder.append_log(out_dir, record)
                 if improved:
@@ -421,6 +429,8 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
                 f"epoch {epoch}: loss {record['loss']:.4f} (retrieval {record['retrieval_loss']:.4f}, rating "
                 f"{record['rating_loss']:.4f}) valid HR@10 {valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f} "
                 f"[{record['seconds']:.1f}s]" + (f" ({skipped} steps skipped)" if skipped else "")
+                + (f"; lr -> {cfg.lr * state['lr_scale']:.3g} ({state['stale']} epochs without improvement)"
+                   if decay else "")
             )
 
         phase = "the final test evaluation"

@@ -290,3 +290,38 @@ def test_a_checkpoint_saved_before_a_default_changed_loads_and_resumes_as_it_was
     assert model.encoder.embedding.mlp is not None
     train(resume_config(out, epochs=2), log=quiet)
     assert epochs_logged(out)[0] == [1, 2]
+
+
+def test_lr_decays_after_lr_patience_stale_epochs_and_a_resume_keeps_the_decay(data, tmp_path):
+    cfg = dict(epochs=6, lr=1e-2, lr_decay=0.5, lr_patience=1)
+    straight = tmp_path / "straight"
+    train(config(data, straight, **cfg), log=quiet)
+    records = epochs_logged(straight)[1]
+    epochs = [r for r in records if "seconds" in r]
+    lr, best, want = 1e-2, -1.0, []
+    for r in epochs:  # the lr an epoch trained with; halved after each epoch without a better validation NDCG@10
+        want.append(lr)
+        if r["valid_NDCG@10"] > best:
+            best = r["valid_NDCG@10"]
+        else:
+            lr *= 0.5
+    assert [r["lr"] for r in epochs] == pytest.approx(want)
+    assert want[-1] < 1e-2, "the run never decayed: the test shows nothing"
+    # three epochs, then a resume to six: the same weights as the straight run
+    part = tmp_path / "part"
+    train(config(data, part, **{**cfg, "epochs": 3}), log=quiet)
+    train(resume_config(part, epochs=6), log=quiet)
+    assert same_weights(weights(part / "last.pt"), weights(straight / "last.pt"))
+    assert [r["lr"] for r in epochs_logged(part)[1] if "seconds" in r] == pytest.approx(want)
+
+
+def test_a_run_saved_before_the_lr_schedule_resumes_with_a_constant_lr(one_epoch, tmp_path):
+    from hstu.checkpoint import save_checkpoint
+
+    out = copy_run(one_epoch, tmp_path / "out")
+    ckpt = load_checkpoint(out / "last.pt")
+    for key in ("lr_decay", "lr_patience"):
+        del ckpt["train_config"][key]
+    del ckpt["state"]["lr_scale"]
+    save_checkpoint(out / "last.pt", ckpt)
+    assert resume_config(out, epochs=2).lr_decay == 1.0
