@@ -69,7 +69,7 @@ def score_fits(fits_dir, test):
     """Rows for every ``topk_<model>.npz`` in ``fits_dir``, scored on ``test`` (our test-target frame)."""
     import numpy as np
 
-    from bench.topk_metrics import topk_metrics
+    from bench.topk_metrics import list_ranks, topk_metrics
 
     rows = []
     for path in sorted(Path(fits_dir).glob("topk_*.npz")):
@@ -78,7 +78,9 @@ def score_fits(fits_dir, test):
         info_path = path.with_name(f"fit_{name}.json")
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         metrics = topk_metrics(lists["users"], lists["items"], test["user"].to_numpy(), test["item"].to_numpy())
-        rows.append({"model": f"rectools {name}", **metrics, "fit_s": info.get("fit_s"), "epochs": info.get("epochs"),
+        ranks = list_ranks(lists["users"], lists["items"], test["user"].to_numpy(), test["item"].to_numpy())
+        rows.append({"model": f"rectools {name}", **metrics, "ranks": ranks, "fit_s": info.get("fit_s"),
+                     "epochs": info.get("epochs"),
                      "best_valid_recall@10": info.get("best_valid_recall@10"), "settings": info.get("settings"),
                      "ranking": f"top-{metrics['K']} lists (MRR truncated at {metrics['K']})"})
     return rows
@@ -96,17 +98,34 @@ def our_rows(seqs, checkpoint, data_dir, device):
 
         model, _, ours, dev = load_for_inference(checkpoint, data_dir, "ml-1m", device)
         start = time.time()
-        metrics = evaluate_model(model, ours, "test", device=dev)
+        metrics = evaluate_model(model, ours, "test", device=dev, return_ranks=True)
         ckpt = load_checkpoint(checkpoint)
         state = ckpt.get("state", {})
-        rows.append({"model": "ours (hstu)", **{k: metrics[k] for k in (*METRICS, "users")}, "fit_s": None,
+        rows.append({"model": "ours (hstu)", **{k: metrics[k] for k in (*METRICS, "users")}, "ranks": metrics["ranks"],
+                     "fit_s": None,
                      "epochs": state.get("epoch"), "best_epoch": state.get("best_epoch"),
                      "eval_s": round(time.time() - start, 1), "settings": ckpt.get("model_config"),
                      "checkpoint": str(checkpoint), "ranking": "full"})
-    pop = evaluate_popularity(seqs, "test", max_seq_len=200)
-    rows.append({"model": "most popular", **{k: pop[k] for k in (*METRICS, "users")}, "fit_s": None, "epochs": None,
-                 "ranking": "full"})
+    pop = evaluate_popularity(seqs, "test", max_seq_len=200, return_ranks=True)
+    rows.append({"model": "most popular", **{k: pop[k] for k in (*METRICS, "users")}, "ranks": pop["ranks"],
+                 "fit_s": None, "epochs": None, "ranking": "full"})
     return rows
+
+
+PAIRED = ("HR@10", "NDCG@10")
+
+
+def paired_rows(rows, reference="ours (hstu)"):
+    """``reference`` minus every other row on the same test users, with paired-bootstrap 95 % intervals (none
+    without a ``reference`` row). Every row's ``ranks`` are in our split's user order."""
+    from bench.topk_metrics import paired_difference
+
+    ref = next((r for r in rows if r["model"] == reference), None)
+    if ref is None:
+        return []
+    return [{"model": r["model"], "against": reference,
+             **{m: dict(zip(("mean", "low", "high"), paired_difference(ref["ranks"], r["ranks"], m))) for m in PAIRED}}
+            for r in rows if r is not ref]
 
 
 def markdown(result):
@@ -121,6 +140,13 @@ def markdown(result):
         fit = "" if r.get("fit_s") is None else f"{r['fit_s']:.0f}"
         epochs = "" if r.get("epochs") is None else str(r["epochs"])
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {fit} | {epochs} |")
+    if result.get("paired"):
+        lines += ["", f"Differences on the same users, {result['paired'][0]['against']} minus each row (paired "
+                  "bootstrap over users, 2,000 resamples, 95 % interval):", "",
+                  "| row | " + " | ".join(f"Δ {m}" for m in PAIRED) + " |", "|---|" + "---|" * len(PAIRED)]
+        for d in result["paired"]:
+            cells = [f"{d[m]['mean']:+.4f} [{d[m]['low']:+.4f}, {d[m]['high']:+.4f}]" for m in PAIRED]
+            lines.append(f"| {d['model']} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
 
@@ -163,7 +189,10 @@ def main(argv=None):
     capped = [m for m, (done, cap) in caps.items() if cap is not None and done is not None and done >= cap]
     if capped:
         notes.append(f"stopped by the epoch cap, not by early stopping: {', '.join(capped)} (--max-epochs)")
-    result = {"header": header, "rows": rows, "notes": notes}
+    paired = paired_rows(rows)
+    for r in rows:
+        r.pop("ranks")
+    result = {"header": header, "rows": rows, "paired": paired, "notes": notes}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"compare_rectools_{tag}"

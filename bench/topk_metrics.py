@@ -32,3 +32,26 @@ def topk_metrics(users, items, target_users, target_items, ks=(10, 50, 200)):
         raise ValueError(f"top-{items.shape[1]} lists cannot give metrics at k = {max(ks)}")
     ranks = torch.from_numpy(list_ranks(users, items, target_users, target_items))
     return {**ranking_metrics(ranks, ks), "users": int(ranks.numel()), "K": int(items.shape[1])}
+
+
+def per_user(ranks, metric: str) -> np.ndarray:
+    """float64 [users]: each user's HR@k (0/1) or NDCG@k from 0-based target ranks."""
+    name, _, k = metric.partition("@")
+    r = np.asarray(ranks, dtype=np.float64)
+    if name == "HR":
+        return (r < int(k)).astype(np.float64)
+    if name == "NDCG":
+        return np.where(r < int(k), 1.0 / np.log2(r + 2.0), 0.0)
+    raise ValueError(f"metric must be HR@k or NDCG@k, got {metric!r}")
+
+
+def paired_difference(ranks_a, ranks_b, metric: str, resamples: int = 2000, seed: int = 0):
+    """``(mean, low, high)``: model a's metric minus model b's over the same users, with the 95 % interval of a
+    paired bootstrap (users resampled with replacement, both models' values kept together)."""
+    diff = per_user(ranks_a, metric) - per_user(ranks_b, metric)
+    if diff.size == 0:
+        raise ValueError("no users to compare")
+    rng = np.random.default_rng(seed)
+    means = np.array([diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(resamples)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)

@@ -53,6 +53,7 @@ def rank_targets(
     ks: Iterable[int] = (10, 50, 200),
     progress: bool = False,
     ctx=None,
+    return_ranks: bool = False,
 ) -> Dict[str, float]:
     """Rank every item for each user's ``split`` target and summarise.
 
@@ -63,8 +64,13 @@ def rank_targets(
 
     ``ctx`` (a data-parallel ``hstu.distributed.Context``): this rank ranks its shard of the users, and the
     metrics' sums and counts are summed across the ranks, so every rank returns the metrics of all users.
+
+    ``return_ranks``: also ``"ranks"``, int64 numpy ``[users]``, each user's 0-based target rank in ``seqs``'
+    user order (for paired comparisons of two models on the same users; one process only).
     """
     Range(int, 1).check("batch_size", batch_size)
+    if return_ranks and ctx is not None and ctx.active:
+        raise ValueError("return_ranks is for one process: under data parallelism each rank holds a shard")
     all_ranks, sq_err, abs_err = [], [], []
     non_finite = 0
     distributed = ctx is not None and ctx.active
@@ -101,6 +107,10 @@ def rank_targets(
         out["MAE"] = torch.cat(abs_err).mean().item()
     out["users"] = int(ranks.numel())
     out["non_finite_users"] = non_finite
+    if return_ranks:
+        in_order = np.empty(len(mine), dtype=np.int64)
+        in_order[mine] = ranks.cpu().numpy()
+        out["ranks"] = in_order
     return out
 
 

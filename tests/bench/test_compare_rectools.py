@@ -129,3 +129,23 @@ def test_our_checkpoint_row_is_hstu_eval(data_dir, tmp_path):
     expected = evaluate_model(model, seqs, "test", device=dev)
     assert {k: ours[k] for k in compare_rectools.METRICS} == {k: expected[k] for k in compare_rectools.METRICS}
     assert ours["epochs"] == 1
+    # ours minus most popular on the same users: the mean is the difference of the table's rows
+    (pop_diff,) = result["paired"]
+    pop = next(r for r in result["rows"] if r["model"] == "most popular")
+    assert pop_diff["model"] == "most popular" and "ranks" not in pop
+    for m in compare_rectools.PAIRED:
+        d = pop_diff[m]
+        assert d["mean"] == pytest.approx(ours[m] - pop[m]) and d["low"] <= d["mean"] <= d["high"]
+
+
+def test_paired_difference_of_per_user_metrics():
+    from bench.topk_metrics import paired_difference, per_user
+
+    a, b = np.array([0, 3, 20, 0]), np.array([1, 3, 15, 50])
+    assert per_user(a, "HR@10").tolist() == [1, 1, 0, 1]
+    np.testing.assert_allclose(per_user(a, "NDCG@10"), [1, 1 / np.log2(5), 0, 1])
+    mean, low, high = paired_difference(a, b, "HR@10", resamples=500)
+    assert mean == pytest.approx(0.25) and low <= mean <= high and low >= -1 and high <= 1
+    assert paired_difference(a, a, "NDCG@10") == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="HR@k or NDCG@k"):
+        per_user(a, "MRR")
