@@ -20,8 +20,9 @@ TRAIN_HELP = {
     "epochs": "most epochs to train",
     "batch_size": "users per training batch (under torchrun: the global batch, split across the ranks)",
     "lr": "AdamW learning rate (the starting one, see --lr-decay)",
-    "lr_decay": "factor applied to the lr after --lr-patience epochs without a better validation NDCG@10 (1: constant)",
-    "lr_patience": "epochs without a better validation NDCG@10 before the lr is decayed",
+    "lr_decay": "factor applied to the lr after --lr-patience epochs without a better validation NDCG@10",
+    "lr_patience": "epochs without a better validation NDCG@10 before the lr decays (the count then restarts)",
+    "lr_decays": "most lr decays before --patience such epochs stop the run (0: a constant lr)",
     "weight_decay": "AdamW weight decay",
     "rating_loss_weight": "weight of the rating loss (MSE of the rating head) added to the retrieval loss",
     "num_targets": "rating targets per training sequence",
@@ -136,7 +137,7 @@ def _train_parser(sub):
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR from its last.pt; only --epochs, --patience, --lr, --lr-decay, "
-                        "--lr-patience, "
+                        "--lr-patience, --lr-decays, "
                         "--eval-batch-size, --device, --no-amp and --skip-nonfinite may change")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
     t.add_argument("--skip-nonfinite", action="store_true", default=None,
@@ -291,7 +292,8 @@ def _run(args) -> int:
                 lines = [f"  {_flag(command, k) or k}: {saved!r} in the saved run, {asked!r} now"
                          for k, (saved, asked) in err.differences.items()]
                 say(f"error: cannot resume {err.checkpoint}: these differ from the saved run:\n" + "\n".join(lines)
-                    + "\nonly --epochs, --patience, --lr, --lr-decay, --lr-patience, --eval-batch-size, --device, --no-amp "
+                    + "\nonly --epochs, --patience, --lr, --lr-decay, --lr-patience, --lr-decays, --eval-batch-size, --device, "
+                    "--no-amp "
                     "and "
                     "--skip-nonfinite may change on --resume; start a new run (another --output-dir) otherwise")
                 return EXIT_USAGE

@@ -104,6 +104,7 @@ TRAIN_RANGES = {
     "lr": Range(float, 0, low_open=True),
     "lr_decay": Range(float, 0, 1, low_open=True),
     "lr_patience": Range(int, 1),
+    "lr_decays": Range(int, 0),
     "weight_decay": Range(float, 0),
     "rating_loss_weight": Range(float, 0),
     "num_targets": Range(int, 1),
@@ -199,10 +200,12 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3
-    # the lr is multiplied by lr_decay after every lr_patience epochs in a row without a better validation
-    # NDCG@10 (1.0: a constant lr)
+    # after lr_patience epochs in a row without a better validation NDCG@10 the lr is multiplied by lr_decay and
+    # the count starts again, at most lr_decays times; then patience such epochs stop the run (0 decays: a
+    # constant lr)
     lr_decay: float = 0.25
-    lr_patience: int = 3
+    lr_patience: int = 5
+    lr_decays: int = 2
     weight_decay: float = 0.0
     rating_loss_weight: float = 1.0
     num_targets: int = 4
@@ -235,9 +238,9 @@ class TrainConfig:
 
 
 # what a resumed run may change: none of them changes the model, the data or the sequence of batches
-RESUMABLE = ("epochs", "patience", "lr", "lr_decay", "lr_patience", "eval_batch_size", "device", "amp",
-             "skip_nonfinite")
+RESUMABLE = ("epochs", "patience", "lr", "lr_decay", "lr_patience", "lr_decays", "eval_batch_size", "device",
+             "amp", "skip_nonfinite")
 # training fields whose default changed, with the value a run saved before the change had (a constant lr)
-LEGACY_TRAIN_VALUES = {"lr_decay": 1.0, "lr_patience": 3}
+LEGACY_TRAIN_VALUES = {"lr_decay": 0.25, "lr_patience": 5, "lr_decays": 0}
 # how a run is started and shown, not what it computes: never compared on resume
 RUN_CONTROL = ("resume", "overwrite", "progress")

@@ -267,13 +267,13 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
             raise ResumeMismatch(out_dir / "last.pt", refused)
     model = HSTURecommender(model_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "stale": 0, "lr_scale": 1.0}
+    state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "stale": 0, "lr_scale": 1.0, "decays": 0}
     if ckpt is not None:
         _load_state(model, ckpt["model"], out_dir / "last.pt", "model weights")
         _load_state(opt, ckpt["optimizer"], out_dir / "last.pt", "optimizer state")
         # the optimizer state carries the saved lr: the asked one wins (it equals the saved one unless changed),
         # times the decay the run has applied so far
-        state = {"lr_scale": 1.0, **ckpt["state"]}
+        state = {"lr_scale": 1.0, "decays": 0, **ckpt["state"]}
         for group in opt.param_groups:
             group["lr"] = cfg.lr * state["lr_scale"]
         rng.bit_generator.state = ckpt["numpy_rng"]
@@ -414,10 +414,10 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
                     state.update(best_ndcg=valid["NDCG@10"], best_epoch=epoch, stale=0)
                 else:
                     state["stale"] += 1
-                decay = (not improved and cfg.lr_decay < 1 and state["stale"] % cfg.lr_patience == 0
-                         and state["stale"] < cfg.patience)
+                decay = not improved and state["decays"] < cfg.lr_decays and state["stale"] >= cfg.lr_patience
                 if decay:
-                    state["lr_scale"] *= cfg.lr_decay
+                    stale_before = state["stale"]
+                    state.update(lr_scale=state["lr_scale"] * cfg.lr_decay, decays=state["decays"] + 1, stale=0)
                     for group in opt.param_groups:
                         group["lr"] = cfg.lr * state["lr_scale"]
                 if main:
@@ -429,8 +429,8 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
                 f"epoch {epoch}: loss {record['loss']:.4f} (retrieval {record['retrieval_loss']:.4f}, rating "
                 f"{record['rating_loss']:.4f}) valid HR@10 {valid['HR@10']:.4f} NDCG@10 {valid['NDCG@10']:.4f} "
                 f"[{record['seconds']:.1f}s]" + (f" ({skipped} steps skipped)" if skipped else "")
-                + (f"; lr -> {cfg.lr * state['lr_scale']:.3g} ({state['stale']} epochs without improvement)"
-                   if decay else "")
+                + (f"; lr -> {cfg.lr * state['lr_scale']:.3g} ({stale_before} epochs without improvement, decay "
+                   f"{state['decays']} of {cfg.lr_decays})" if decay else "")
             )
 
         phase = "the final test evaluation"

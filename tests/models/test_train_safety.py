@@ -293,18 +293,18 @@ def test_a_checkpoint_saved_before_a_default_changed_loads_and_resumes_as_it_was
 
 
 def test_lr_decays_after_lr_patience_stale_epochs_and_a_resume_keeps_the_decay(data, tmp_path):
-    cfg = dict(epochs=6, lr=1e-2, lr_decay=0.5, lr_patience=1)
+    cfg = dict(epochs=6, lr=1e-2, lr_decay=0.5, lr_patience=1, lr_decays=3)
     straight = tmp_path / "straight"
     train(config(data, straight, **cfg), log=quiet)
     records = epochs_logged(straight)[1]
     epochs = [r for r in records if "seconds" in r]
-    lr, best, want = 1e-2, -1.0, []
-    for r in epochs:  # the lr an epoch trained with; halved after each epoch without a better validation NDCG@10
-        want.append(lr)
+    lr, best, want, decays = 1e-2, -1.0, [], 0
+    for r in epochs:  # the lr an epoch trained with: halved after each epoch without a better validation NDCG@10,
+        want.append(lr)  # three times at most
         if r["valid_NDCG@10"] > best:
             best = r["valid_NDCG@10"]
-        else:
-            lr *= 0.5
+        elif decays < 3:
+            lr, decays = lr * 0.5, decays + 1
     assert [r["lr"] for r in epochs] == pytest.approx(want)
     assert want[-1] < 1e-2, "the run never decayed: the test shows nothing"
     # three epochs, then a resume to six: the same weights as the straight run
@@ -320,8 +320,11 @@ def test_a_run_saved_before_the_lr_schedule_resumes_with_a_constant_lr(one_epoch
 
     out = copy_run(one_epoch, tmp_path / "out")
     ckpt = load_checkpoint(out / "last.pt")
-    for key in ("lr_decay", "lr_patience"):
+    for key in ("lr_decay", "lr_patience", "lr_decays"):
         del ckpt["train_config"][key]
-    del ckpt["state"]["lr_scale"]
+    for key in ("lr_scale", "decays"):
+        del ckpt["state"][key]
     save_checkpoint(out / "last.pt", ckpt)
-    assert resume_config(out, epochs=2).lr_decay == 1.0
+    assert resume_config(out, epochs=2).lr_decays == 0
+    train(resume_config(out, epochs=2), log=quiet)
+    assert [r["lr"] for r in epochs_logged(out)[1] if "seconds" in r][-1] == pytest.approx(1e-3)
