@@ -26,9 +26,15 @@ if str(ROOT) not in sys.path:
 
 from bench.common import env_header, slug, table
 
-# name -> (flags added to `hstu train`, what it tests)
+# name -> (flags added to `hstu train`, what it tests). The flags change the defaults of the commit that runs
+# them: the results files before the default change (bench/results/recipe_ml-100k*.md, recipe_ml-1m-half-15ep.md)
+# ran against the MLP-input defaults that "0.x-default" restores.
 VARIANTS = {
     "default": ([], "hstu train's defaults"),
+    "0.x-default": (["--input", "mlp", "--no-position-embedding", "--item-init-std", "0", "--time-query", "self",
+                     "--time-buckets", "coarse", "--lr-decays", "0"],
+                    "the defaults before the recipe change: MLP input, no position embedding, D^-1/2 init, coarse "
+                    "time buckets at each token's own time, a constant lr"),
     "input-norm": (["--input-norm"], "LayerNorm before each block's uvqk projection (Meta, rectools)"),
     "fine-time": (["--time-buckets", "fine"], "16 time buckets from 1 s to 1 year instead of 1 h / 1 d / 1 w / 30 d"),
     "norm+fine": (["--input-norm", "--time-buckets", "fine"], "input norm and fine time buckets"),

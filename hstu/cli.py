@@ -119,21 +119,22 @@ def _train_parser(sub):
                    help="LayerNorm each block's input before its projection (as Meta's and rectools' HSTU)")
     t.add_argument("--time-buckets", choices=list(TIME_BUCKETS),
                    help="time-gap buckets of the attention bias: coarse (1 h, 1 d, 1 w, 30 d) or fine (1 s .. 1 year, "
-                        "16 boundaries) (default coarse)")
+                        f"16 boundaries) (default {m.time_buckets})")
     t.add_argument("--attn-bias", choices=list(ATTN_BIASES),
                    help="relative attention bias: both (position and time), position, time or none (default both)")
     t.add_argument("--no-actions", dest="use_actions", action="store_false", default=None,
                    help="items only: the input does not see the ratings' actions (the SASRec-like ablation)")
     t.add_argument("--time-query", choices=list(TIME_QUERIES),
                    help="query time of the time bias: self (each event's own) or next (the time of the event it "
-                        "predicts; the target's at evaluation) (default self)")
+                        f"predicts; the target's at evaluation) (default {m.time_query})")
     t.add_argument("--input", dest="input_mode", choices=list(INPUT_MODES),
                    help="input token: mlp (MLP of item and action embeddings) or sum (item x sqrt(D) + action, as "
-                        "rectools and Meta feed items) (default mlp)")
-    t.add_argument("--position-embedding", action="store_true", default=None,
-                   help="add a learned absolute position embedding, counted back from the last history event")
+                        f"rectools and Meta feed items) (default {m.input_mode})")
+    t.add_argument("--position-embedding", action=argparse.BooleanOptionalAction, default=None,
+                   help="a learned absolute position embedding, counted back from the last history event, added to "
+                        f"the input (default {'on' if m.position_embedding else 'off'})")
     t.add_argument("--negatives", choices=list(NEGATIVE_DRAWS),
-                   help="retrieval negatives drawn once per sequence or afresh per position (default sequence)")
+                   help=f"retrieval negatives drawn once per sequence or afresh per position (default {m.negatives})")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR from its last.pt; only --epochs, --patience, --lr, --lr-decay, "

@@ -132,11 +132,11 @@ class ModelConfig:
     # a LayerNorm on each block's input before its uvqk projection (as Meta's and rectools' HSTU)
     input_norm: bool = False
     # the time-gap buckets of the relative bias: "coarse" (1 h, 1 d, 1 w, 30 d) or "fine" (seconds to a year)
-    time_buckets: str = "coarse"
+    time_buckets: str = "fine"
     # the time bias's query time: "self" (each token's own time) or "next" (the time of the event the token
     # predicts, as Meta's and rectools' HSTU; at evaluation and serving the last history token takes the request
     # time, the target's timestamp)
-    time_query: str = "self"
+    time_query: str = "next"
     # the ablations: which relative attention bias the blocks use, and whether the input sees the actions
     # (False: every token's action is UNKNOWN, so the model sees items only, as SASRec does)
     attn_bias: str = "both"
@@ -144,12 +144,12 @@ class ModelConfig:
     # the input token: "mlp" (MLP of the item and action embeddings, concatenated) or "sum" (item embedding x
     # sqrt(D) + action embedding, so the residual stream starts in the output item table's space, as rectools' and
     # Meta's HSTU feed item x sqrt(D))
-    input_mode: str = "mlp"
+    input_mode: str = "sum"
     # a learned absolute position embedding added to the input, indexed by the distance from the segment's last
     # history event (1 for it, 2 for the one before, ...; 0 for target tokens), as rectools indexes from the end
-    position_embedding: bool = False
+    position_embedding: bool = True
     # std of the normal init of the item and action tables (0: D^-1/2); Meta's HSTU uses 0.02
-    item_init_std: float = 0.0
+    item_init_std: float = 0.02
     # the retrieval loss's negatives: one draw of num_negatives per "sequence", shared by its positions, or a fresh
     # draw per labelled "position" (as Meta's and rectools' samplers)
     negatives: str = "sequence"
@@ -179,8 +179,10 @@ class ModelConfig:
 
 
 # model fields whose default changed, with the value they had before: a config saved before the change lacks
-# them and means these (hstu 0.x checkpoints: the MLP input, no position embedding, D^-1/2 init)
-LEGACY_MODEL_VALUES = {"input_mode": "mlp", "position_embedding": False, "item_init_std": 0.0}
+# them and means these (hstu 0.x checkpoints: the MLP input, no position embedding, D^-1/2 init, coarse time
+# buckets queried at each token's own time)
+LEGACY_MODEL_VALUES = {"input_mode": "mlp", "position_embedding": False, "item_init_std": 0.0, "time_buckets": "coarse",
+                       "time_query": "self"}
 
 
 def saved_model_fields(saved: dict) -> dict:

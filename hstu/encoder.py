@@ -255,8 +255,10 @@ class HSTUEncoder(nn.Module):
             raise ValueError("the cache was prefilled without timestamps: candidates cannot take timestamps")
         if len(self.blocks) == 0:
             return x0
-        # one check (one host sync) for every layer and microbatch: offsets, timestamps, history lengths
-        probe = x0[:, None, :1]
+        # one check (one host sync) for every layer and microbatch: offsets, timestamps, history lengths. The
+        # probe stands in for q, k, v, which come out of the blocks' projections in the cache's dtype (under
+        # autocast the embedding's output may still be fp32)
+        probe = x0[:, None, :1].to(cache.k[0].dtype)
         check_hstu_cached_attention_args(
             probe, probe, probe, cand_offsets, cache.k[0][:, :1, :1], cache.v[0][:, :1, :1], cache.seq_offsets,
             self.max_seq_len, timestamps=ts, query_timestamps=qts, cache_timestamps=cache.timestamps,

@@ -23,8 +23,10 @@ COLD = 1
 
 def make_model(num_items=60, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
+    # time_query "self": the brute force below calls the encoder with each event's own time as its query time
+    # (the "next" default's serving times are tests/models/test_time_query.py's)
     model = HSTURecommender(ModelConfig(num_items=num_items, dim=16, num_layers=2, num_heads=2, max_seq_len=N,
-                                        dropout=0.0))
+                                        dropout=0.0, time_query="self"))
     with torch.no_grad():  # the bias tables start at zero: give them values so that they matter
         for block in model.encoder.blocks:
             block.bias.pos_weight.normal_()
