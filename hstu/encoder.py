@@ -100,14 +100,16 @@ class HSTUEncoder(nn.Module):
         query_timestamps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``)."""
-        x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0], num_targets))
         longest = None
         if check:
-            # the offsets, targets and timestamps are the same for every layer: check them once
+            # the offsets, targets and timestamps are the same for every layer: check them once, before the
+            # position embedding reads them (a probe of the tokens' count stands in for q, k, v)
+            probe = self.item_table.new_zeros((items.shape[0], 1, 1))
             longest = check_hstu_attention_args(
-                x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
+                probe, probe, probe, seq_offsets, self.max_seq_len, timestamps=timestamps,
                 query_timestamps=query_timestamps, num_targets=num_targets,
             )
+        x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0], num_targets))
         plan = self._plan(seq_offsets, timestamps, num_targets, longest, query_timestamps)
         for block in self.blocks:
             x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan, query_timestamps=query_timestamps)
@@ -172,11 +174,12 @@ class HSTUEncoder(nn.Module):
             encoder output at each user's last history position (the retrieval user vector; zeros if m = 0).
         """
         self._require_eval("prefill")
-        x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0]))
+        probe = self.item_table.new_zeros((items.shape[0], 1, 1))  # checked before the positions read the offsets
         longest = check_hstu_attention_args(
-            x[:, None], x[:, None], x[:, None], seq_offsets, self.max_seq_len, timestamps=timestamps,
+            probe, probe, probe, seq_offsets, self.max_seq_len, timestamps=timestamps,
             query_timestamps=query_timestamps,
         )
+        x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0]))
         if longest >= self.max_seq_len:
             raise ValueError(
                 f"prefill: a history has {longest} events; at most max_seq_len - 1 = {self.max_seq_len - 1} fit, "

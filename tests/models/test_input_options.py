@@ -119,3 +119,13 @@ def test_rowwise_logits_chunks_and_paths_agree(items):
     for budget in (1, 64, 2**22):  # one row per chunk, a few rows, everything at once
         torch.testing.assert_close(_rowwise_logits(u, table, negs, budget), want)
     assert _rowwise_logits(u[:0], table, negs[:0]).shape == (0, 5)
+
+
+def test_bad_offsets_are_a_clear_error_before_the_positions_read_them():
+    enc = encoder(position_embedding=True)
+    x = jagged_inputs([3, 2])
+    x["seq_offsets"] = torch.tensor([0, 3, 4])  # ends at 4 of 5 tokens
+    with pytest.raises(ValueError, match="seq_offsets"):
+        enc(**x)
+    with pytest.raises(ValueError, match="seq_offsets"):
+        enc.eval().prefill(x["items"], x["actions"], x["seq_offsets"], x["timestamps"])
