@@ -9,8 +9,8 @@ import json
 import sys
 
 from .config import (
-    ATTN_BIASES, INPUT_MODES, MODEL_FIELDS, MODEL_RANGES, NEGATIVE_DRAWS, PRESETS, TIME_BUCKETS, TIME_QUERIES, TRAIN_RANGES,
-    ArgumentError, ModelConfig, Range, TrainConfig,
+    ATTN_BIASES, INPUT_MODES, MODEL_FIELDS, MODEL_RANGES, NEGATIVE_DRAWS, PRESETS, RESUMABLE, TIME_BUCKETS, TIME_QUERIES,
+    TRAIN_RANGES, ArgumentError, ModelConfig, Range, TrainConfig,
 )
 
 METRIC_ORDER = ("HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@50", "NDCG@200", "MRR", "RMSE", "MAE")
@@ -57,6 +57,12 @@ FLAGS = {
                   "k": "-k", "retrieve_k": "--retrieve-k", "rating_weight": "--blend-weight",
                   "checkpoint": "--checkpoint", "index": "--index"},
 }
+
+
+def _resumable_flags() -> str:
+    """The flags of ``RESUMABLE``, as help and errors list them."""
+    names = [FLAGS["train"][k] for k in RESUMABLE]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _ranged(allowed: Range):
@@ -137,9 +143,7 @@ def _train_parser(sub):
                    help=f"retrieval negatives drawn once per sequence or afresh per position (default {m.negatives})")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in OUTPUT_DIR from its last.pt; only --epochs, --patience, --lr, --lr-decay, "
-                        "--lr-patience, --lr-decays, "
-                        "--eval-batch-size, --device, --no-amp and --skip-nonfinite may change")
+                   help=f"continue the run in OUTPUT_DIR from its last.pt; only {_resumable_flags()} may change")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR")
     t.add_argument("--skip-nonfinite", action="store_true", default=None,
                    help="skip training steps whose loss or gradients are not finite (default: stop training)")
@@ -293,10 +297,8 @@ def _run(args) -> int:
                 lines = [f"  {_flag(command, k) or k}: {saved!r} in the saved run, {asked!r} now"
                          for k, (saved, asked) in err.differences.items()]
                 say(f"error: cannot resume {err.checkpoint}: these differ from the saved run:\n" + "\n".join(lines)
-                    + "\nonly --epochs, --patience, --lr, --lr-decay, --lr-patience, --lr-decays, --eval-batch-size, --device, "
-                    "--no-amp "
-                    "and "
-                    "--skip-nonfinite may change on --resume; start a new run (another --output-dir) otherwise")
+                    + f"\nonly {_resumable_flags()} may change on --resume; start a new run (another --output-dir) "
+                    "otherwise")
                 return EXIT_USAGE
         say(f"error: {err}")
         return EXIT_USAGE

@@ -187,7 +187,7 @@ LEGACY_MODEL_VALUES = {"input_mode": "mlp", "position_embedding": False, "item_i
 
 def saved_model_fields(saved: dict) -> dict:
     """A saved model config with the fields it predates filled in as they were then."""
-    return {**{k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in saved}, **saved}
+    return {**LEGACY_MODEL_VALUES, **saved}
 
 
 # the model fields a training run chooses (num_items and num_actions come from the data)

@@ -123,8 +123,7 @@ def resume_config(output_dir, model: Optional[dict] = None, **changes) -> TrainC
     path = Path(output_dir) / "last.pt"
     ckpt = load_checkpoint(path, require=("train_config", "data_dir"))
     known = {f.name for f in fields(TrainConfig)}
-    saved = {**{k: v for k, v in LEGACY_TRAIN_VALUES.items() if k not in ckpt["train_config"]},
-             **{k: v for k, v in ckpt["train_config"].items() if k in known}}
+    saved = {k: v for k, v in {**LEGACY_TRAIN_VALUES, **ckpt["train_config"]}.items() if k in known}
     # the folder the run read, resolved when it started: a relative data_dir or $HSTU_DATA_DIR can point
     # elsewhere when the run is resumed
     saved["data_dir"] = ckpt["data_dir"]
