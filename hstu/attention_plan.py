@@ -77,15 +77,18 @@ class AttentionPlan:
 
     def bias(self, pos_weight, time_weight, dtype) -> Optional[torch.Tensor]:
         """``[B, Hb, N, N]`` from the block's tables (``pos_weight [Hb, 2N - 1]``, ``time_weight [Hb, nb]``)."""
+        table = self._table(pos_weight, time_weight)
+        return None if table is None else bias_lookup(table.to(dtype), self.bias_index)
+
+    def _table(self, pos_weight, time_weight) -> Optional[torch.Tensor]:
+        """The flattened table ``[Hb, E]`` that ``bias_index`` reads (None without any bias)."""
         if self.bias_index is None:
             return None
         if (pos_weight is not None) != self.with_pos or (time_weight is not None) != self.with_time:
             raise ValueError("AttentionPlan: the block's bias tables differ from the ones the plan was built for")
         if self.with_pos and self.with_time:
-            table = (pos_weight[:, :, None] + time_weight[:, None, :]).flatten(1)
-        else:
-            table = pos_weight if self.with_pos else time_weight
-        return bias_lookup(table.to(dtype), self.bias_index)
+            return (pos_weight[:, :, None] + time_weight[:, None, :]).flatten(1)
+        return pos_weight if self.with_pos else time_weight
 
     def attention(self, q, k, v, *, alpha: float = 1.0, pos_weight=None, time_weight=None) -> torch.Tensor:
         """``q, k, v [L, H, d]`` -> ``[L, H, d]``: ``sum_valid SiLU(alpha q.k + bias) v / max_seq_len``."""
@@ -101,6 +104,26 @@ class AttentionPlan:
         out = torch.matmul(a, vp) / self.max_seq_len  # [B, H, N, d]
         flat = out.transpose(1, 2).reshape(self.batch * self.max_len, *q.shape[1:-1], v.shape[-1])
         return _Rows.apply(flat, self.rows).to(q.dtype)
+
+    def attention_rows(self, q, k, v, query_rows, *, alpha: float = 1.0, pos_weight=None,
+                       time_weight=None) -> torch.Tensor:
+        """``attention(...)[query_rows]`` without the other query rows' work: ``q [R, H, d]`` the queries of the
+        jagged rows ``query_rows [R]`` (int64, any order, repeats allowed), ``k, v [L, H, d]`` all of them ->
+        ``[R, H, d]``. Each row costs ``O(N d)`` rather than ``O(N^2 d)`` per batch: the encoder's last block
+        needs only the rows it reports (the last history token and the target at evaluation)."""
+        compute = torch.promote_types(q.dtype, torch.float32)
+        flat = self.rows[query_rows]
+        b, i = flat // self.max_len, flat % self.max_len
+        kp, vp = (self.pad(t.to(compute)).transpose(1, 2)[b] for t in (k, v))  # [R, H, N, d]
+        s = torch.matmul(q.to(compute)[:, :, None, :], kp.transpose(-1, -2))[:, :, 0]  # [R, H, N]
+        if alpha != 1.0:
+            s = s * alpha
+        table = self._table(pos_weight, time_weight)
+        if table is not None:
+            s = s + bias_lookup(table.to(compute), self.bias_index[b, i][:, None])[:, :, 0]  # [R, Hb, N]
+        a = torch.where(self.valid[b, 0, i][:, None], F.silu(s), torch.zeros((), dtype=compute, device=s.device))
+        out = torch.matmul(a[:, :, None, :], vp)[:, :, 0] / self.max_seq_len  # [R, H, d]
+        return out.to(q.dtype)
 
 
 class _Rows(torch.autograd.Function):

@@ -157,6 +157,28 @@ class HSTUBlock(nn.Module):
             )
         return self.finish(x, u, attn), k, v
 
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        seq_offsets: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+        num_targets: Optional[torch.Tensor] = None,
+        check: bool = True,
+        plan=None,
+        query_timestamps: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``forward(...)[rows]`` (``rows [R]`` int64 jagged row indices) -> ``[R, D]``. With a ``plan`` on the
+        unfused SiLU path only those rows query the attention (the others still give their keys and values);
+        otherwise the whole block runs and the rows are picked from it."""
+        if plan is None or self.attn_activation != "silu" or self.fused:
+            return self.forward(x, seq_offsets, timestamps, num_targets, check, plan, query_timestamps)[rows]
+        u, v, q, k = self.project(x)
+        kw = self._attn_kwargs(timestamps)
+        attn = plan.attention_rows(q[rows], k, v, rows, alpha=self.alpha, pos_weight=kw.get("pos_weight"),
+                                   time_weight=kw.get("time_weight"))
+        return self.finish(x[rows], u[rows], attn)
+
     def forward_cached(
         self,
         x: torch.Tensor,

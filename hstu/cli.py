@@ -161,8 +161,8 @@ def _parser():
     e.add_argument("--split", default="test", choices=["test", "valid"],
                    help="rank each user's last event (test, the default) or second-to-last (valid)")
     e.add_argument("--keep-seen", action="store_true", help="do not filter out items already in the history")
-    e.add_argument("--batch-size", type=_ranged(Range(int, 1)), default=256, metavar="N",
-                   help="users per evaluation batch; an integer >= 1 (default 256)")
+    e.add_argument("--batch-size", type=_ranged(Range(int, 1)), default=64, metavar="N",
+                   help="users per evaluation batch; an integer >= 1 (default 64)")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
     r = sub.add_parser("recommend", help="top items for one user, with titles: retrieval top-K, then M-FALCON ranking")

@@ -212,7 +212,7 @@ class TrainConfig:
     rating_loss_weight: float = 1.0
     num_targets: int = 4
     patience: int = 10
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64
     seed: int = 0
     device: str = "auto"
     amp: bool = True

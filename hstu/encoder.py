@@ -98,8 +98,11 @@ class HSTUEncoder(nn.Module):
         num_targets: Optional[torch.Tensor] = None,
         check: bool = True,
         query_timestamps: Optional[torch.Tensor] = None,
+        output_rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``)."""
+        """``[L, D]`` outputs. ``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``).
+        ``output_rows [R]`` (int64 jagged row indices): return only those rows, ``[R, D]``, equal to the full
+        output's; the last block then computes attention for them alone (evaluation needs 2 rows a user)."""
         longest = None
         if check:
             # the offsets, targets and timestamps are the same for every layer: check them once, before the
@@ -111,9 +114,18 @@ class HSTUEncoder(nn.Module):
             )
         x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0], num_targets))
         plan = self._plan(seq_offsets, timestamps, num_targets, longest, query_timestamps)
-        for block in self.blocks:
+        last = len(self.blocks) - 1 if output_rows is not None else len(self.blocks)
+        for block in self.blocks[:last]:
             x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan, query_timestamps=query_timestamps)
-        return x
+        if output_rows is None:
+            return x
+        output_rows = output_rows.to(device=x.device, dtype=torch.int64)
+        if output_rows.numel() and (int(output_rows.min()) < 0 or int(output_rows.max()) >= x.shape[0]):
+            raise ValueError(f"output_rows must lie in [0, {x.shape[0]}) (the batch's tokens)")
+        if not self.blocks:
+            return x[output_rows]
+        return self.blocks[-1].forward_rows(x, output_rows, seq_offsets, timestamps, num_targets, check=False,
+                                            plan=plan, query_timestamps=query_timestamps)
 
     def _plan(self, seq_offsets, timestamps, num_targets, longest, query_timestamps=None) -> Optional[AttentionPlan]:
         """The batch's shared attention plan for the unfused SiLU path (None: the blocks use the op)."""

@@ -47,7 +47,7 @@ def rank_targets(
     *,
     split: str = "test",
     max_seq_len: int = 200,
-    batch_size: int = 256,
+    batch_size: int = 64,
     device="cpu",
     filter_seen: bool = True,
     ks: Iterable[int] = (10, 50, 200),
@@ -146,9 +146,9 @@ def evaluate_model(model, seqs, split: str = "test", **kwargs) -> Dict[str, floa
     model.eval()
 
     def score(batch):
-        out = model(batch)
-        user = out[batch.last_history_rows()]
-        return model.retrieval_logits(user).float(), model.predict_ratings(out[batch.target_rows()])
+        # only these rows are scored: the last block attends for them alone
+        user, target = model(batch, rows=torch.cat([batch.last_history_rows(), batch.target_rows()])).chunk(2)
+        return model.retrieval_logits(user).float(), model.predict_ratings(target)
 
     try:
         return rank_targets(seqs, score, split=split, max_seq_len=model.config.max_seq_len, **kwargs)

@@ -13,7 +13,7 @@ BOUNDARIES = torch.tensor([30, 600, 86400, 10**7])
 
 
 def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype=torch.float64, span=10**6,
-                with_query=False):
+                with_query=False, return_plan=False):
     g = torch.Generator().manual_seed(seed)
     offsets = lengths_to_offsets(torch.tensor(lengths))
     L, H, d = sum(lengths), 2, 4
@@ -32,6 +32,8 @@ def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype
                                max_attn_len=max_attn_len, with_pos=with_pos, with_time=with_time)
     out = plan.attention(q, k, v, **kw)
     leaves = [t for t in (q, k, v, pos, tw) if t is not None]
+    if return_plan:
+        return ref, out, leaves, plan, kw
     return ref, out, leaves
 
 
@@ -104,3 +106,49 @@ def test_encoder_with_and_without_plan_agree(monkeypatch, max_attn_len):
     assert len(outs[0][1]) == len(outs[1][1])
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_plan_attention_rows_equals_full_attention_rows(case):
+    # the rows the encoder's last block reports (last history token, first target) plus repeats and any order
+    lengths, targets, window, with_pos, with_time = CASES[case]
+    ref, _, leaves, plan, kw = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case,
+                                           with_query=True, return_plan=True)
+    if ref.shape[0] == 0:
+        q = leaves[0]
+        assert plan.attention_rows(q[:0], q, q, torch.zeros(0, dtype=torch.long), **kw).shape == (0, 2, 4)
+        return
+    g = torch.Generator().manual_seed(100 + case)
+    rows = torch.cat([torch.randint(0, ref.shape[0], (7,), generator=g), torch.tensor([ref.shape[0] - 1, 0, 0])])
+    q, k, v = leaves[:3]
+    out = plan.attention_rows(q[rows], k, v, rows, **kw)
+    torch.testing.assert_close(out, ref[rows], rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(out)
+    want = torch.autograd.grad(ref[rows], leaves, grad, allow_unused=True)
+    got = torch.autograd.grad(out, leaves, grad, allow_unused=True)
+    for name, w, gg in zip("q k v pos time".split(), want, got):
+        torch.testing.assert_close(gg, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("use_plan", [True, False])
+def test_encoder_output_rows_equal_the_full_outputs_rows(monkeypatch, use_plan):
+    monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
+    torch.manual_seed(1)
+    enc = HSTUEncoder(40, 4, dim=16, num_layers=2, num_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.0,
+                      per_head_bias=True).double()
+    for block in enc.blocks:
+        with torch.no_grad():
+            block.bias.pos_weight.normal_()
+            block.bias.time_weight.normal_()
+    lengths = [7, 0, 12, 1, 5]
+    L = sum(lengths)
+    items, actions = torch.randint(1, 41, (L,)), torch.randint(1, 4, (L,))
+    ts = torch.sort(torch.randint(0, 10**7, (L,))).values
+    offsets = lengths_to_offsets(torch.tensor(lengths))
+    targets = torch.tensor([1, 0, 2, 1, 0])
+    rows = torch.tensor([5, 6, 18, 19, 0, 24, 20, 6])
+    full = enc(items, actions, offsets, ts, targets)
+    part = enc(items, actions, offsets, ts, targets, output_rows=rows)
+    torch.testing.assert_close(part, full[rows], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="output_rows must lie in"):
+        enc(items, actions, offsets, ts, targets, output_rows=torch.tensor([L]))
