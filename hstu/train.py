@@ -200,17 +200,29 @@ def _sharded_losses(model, ctx, batch, out, rating_pred, tgt, batch_users: int, 
     """This rank's retrieval and rating losses as its share of the global batch's means: sums over its tokens
     divided by the global counts, times the rank count (DDP averages the ranks' gradients).
 
-    The negatives are drawn for the global batch's ``2 * batch_users`` segments, as one process draws them, and
-    this rank keeps its segments' rows.
+    The negatives are drawn as one process draws them for the global batch, and this rank keeps its rows: under
+    ``negatives = "sequence"`` the ``2 * batch_users`` segments' sets; under ``"position"`` the ``[R, K]`` sets
+    of the global batch's labelled positions, of which this rank's are one contiguous block (its users'
+    retrieval segments are contiguous, and rating segments carry no labels).
     """
     cfg = model.config
-    negs = torch.randint(1, cfg.num_items + 1, (2 * batch_users, cfg.num_negatives), device=device)
-    rows = torch.from_numpy(distributed.shard_rows(ctx, batch_users)).to(device)
-    counts = torch.stack([(batch.next_items > 0).sum(), tgt.sum()]).double()
-    counts = ctx.all_reduce_sum(counts).clamp(min=1)
-    retrieval = model.retrieval_loss(out, batch.next_items, batch.seq_offsets, negatives=negs[rows], reduction="sum")
+    labelled = batch.next_items > 0
+    # per-rank labelled counts (for this rank's block of per-position draws) and the global target count
+    counts = torch.zeros(ctx.world + 1, dtype=torch.float64, device=device)
+    counts[ctx.rank] = labelled.sum()
+    counts[-1] = tgt.sum()
+    counts = ctx.all_reduce_sum(counts)
+    if cfg.negatives == "position":
+        start = int(counts[:ctx.rank].sum())
+        negs = torch.randint(1, cfg.num_items + 1, (int(counts[:-1].sum()), cfg.num_negatives), device=device)
+        negs = negs[start:start + int(labelled.sum())]
+    else:
+        negs = torch.randint(1, cfg.num_items + 1, (2 * batch_users, cfg.num_negatives), device=device)
+        negs = negs[torch.from_numpy(distributed.shard_rows(ctx, batch_users)).to(device)]
+    total = counts[:-1].sum().clamp(min=1)
+    retrieval = model.retrieval_loss(out, batch.next_items, batch.seq_offsets, negatives=negs, reduction="sum")
     rating = F.mse_loss(rating_pred.float(), batch.ratings[tgt].float(), reduction="sum")
-    return retrieval * (ctx.world / counts[0]).float(), rating * (ctx.world / counts[1]).float()
+    return retrieval * (ctx.world / total).float(), rating * (ctx.world / counts[-1].clamp(min=1)).float()
 
 
 class _NonFinite(Exception):
@@ -255,9 +267,6 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model_cfg = ModelConfig(num_items=seqs.num_items, **cfg.model)
-    if ctx.active and model_cfg.negatives == "position":
-        # the ranks draw one process's negatives alike, per sequence; per-position draws have no such split yet
-        raise ArgumentError("negatives", "'position' is single-process only: use 'sequence' under torchrun")
     meta = {"item_ids": data.item_ids.tolist(), "data_dir": str(Path(data.data_dir).resolve()), "dataset": data.name}
     applied = {}
     if ckpt is not None:

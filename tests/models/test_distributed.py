@@ -61,16 +61,19 @@ def test_shards_cover_every_item_once():
     assert sorted(np.concatenate(rows).tolist()) == list(range(10))
 
 
-def test_two_ranks_train_the_same_run_as_one_process(data, tmp_path):
+@pytest.mark.parametrize("negatives", ["sequence", "position"])
+def test_two_ranks_train_the_same_run_as_one_process(data, tmp_path, negatives):
     single = tmp_path / "single"
     cfg = TrainConfig(data_dir=str(data), output_dir=str(single), epochs=1, batch_size=4, device="cpu",
                       progress=False, patience=100,
-                      model=dict(dim=16, num_layers=1, max_seq_len=8, num_negatives=8, dropout=0.0))
+                      model=dict(dim=16, num_layers=1, max_seq_len=8, num_negatives=8, dropout=0.0,
+                                 negatives=negatives))
     train(cfg, log=lambda *_: None)
 
     ddp = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "hstu", *train_args(data, ddp, "--epochs", "1")]
+           "--master_port", str(free_port()), "-m", "hstu",
+           *train_args(data, ddp, "--epochs", "1", "--negatives", negatives)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
                          env=env(HSTU_DIST_TIMEOUT="60"))
     assert res.returncode == 0, res.stderr[-3000:]
