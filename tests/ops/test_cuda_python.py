@@ -167,6 +167,9 @@ def emulated_ops():
         lib.impl(name, fn, "CPU")
     saved = cuda_ext._state
     cuda_ext._state = (_FakeExtension(), "")
+    # what importing the package does when the extension is built: torch.compile's first trace needs the fakes
+    cuda_impl.available()
+    cached_cuda_impl.register()
     yield
     cuda_ext._state = saved
 

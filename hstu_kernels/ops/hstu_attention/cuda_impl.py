@@ -22,6 +22,7 @@ uses no atomics, so its results are bitwise reproducible; it costs a second pass
 ``4 * H * (B + L / 128 + 1) * min(max_len, max_seq_len)`` bytes for d pos_weight.
 """
 
+import importlib.util
 from typing import List, Optional, Tuple
 
 import torch
@@ -225,3 +226,17 @@ def hstu_attention_cuda(
         q, k, v, seq_offsets, int(max_seq_len), -1 if max_len is None else int(max_len), float(alpha), float(scale),
         timestamps, query_timestamps, pos_weight, time_weight, time_boundaries, num_targets, int(max_attn_len),
     )
+
+
+def _register_if_built() -> None:
+    # torch.compile needs the fake kernels before it traces a first call (it cannot trace their registration):
+    # register them at import when the extension is built; a JIT build stays lazy, and a broken build stays
+    # the backend's reason instead of breaking the import
+    try:
+        if importlib.util.find_spec("hstu_kernels._C") is not None:
+            available()
+    except Exception:  # noqa: BLE001 - the first call reports it
+        pass
+
+
+_register_if_built()

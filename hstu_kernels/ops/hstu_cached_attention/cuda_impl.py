@@ -10,6 +10,7 @@ requires grad the backend declines. What it takes (devices, dtypes, head dims, b
 backend's: see ``hstu_attention/cuda_impl.py``.
 """
 
+import importlib.util
 from typing import List, Optional
 
 import torch
@@ -85,3 +86,15 @@ def hstu_cached_attention_cuda(
         -1 if max_cands is None else int(max_cands), float(alpha), float(scale), timestamps, query_timestamps,
         cache_timestamps, pos_weight, time_weight, time_boundaries, int(max_attn_len),
     )
+
+
+def _register_if_built() -> None:
+    # as hstu_attention's cuda_impl: the fake kernel before torch.compile's first trace
+    try:
+        if importlib.util.find_spec("hstu_kernels._C") is not None and attention_cuda.available()[0]:
+            register()
+    except Exception:  # noqa: BLE001 - the first call reports it
+        pass
+
+
+_register_if_built()
