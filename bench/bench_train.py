@@ -8,7 +8,8 @@ Variants (each a full ``hstu.train.train`` run of ``--epochs`` epochs from the s
              recomputed per block and direction); validation batches in user order; ``F.dropout``
     plan     one ``hstu.attention_plan.AttentionPlan`` per batch shared by the blocks; validation batches of
              users of similar length
-    after    plan + ``hstu.dropout``'s integer-draw CPU mask instead of ``bernoulli_`` (the defaults of
+    after    plan + ``hstu.dropout``'s integer-draw CPU mask instead of ``bernoulli_`` + the last block
+             computing only the rows the losses read (``hstu.train.SKIP_UNUSED_ROWS``; the defaults of
              ``hstu train``)
 
 The epoch time is the training loop's own ``seconds`` (its log.jsonl): batching, forward, backward, optimizer,
@@ -62,11 +63,12 @@ def parse_args(argv=None):
 def run_variant(name, args, work_dir):
     """Train one variant; returns its epoch log records."""
     from hstu import dropout, evaluate
+    from hstu import train as train_module
     from hstu.encoder import HSTUEncoder
     from hstu.train import TrainConfig, train
 
     HSTUEncoder.use_plan = evaluate.SORT_BY_LENGTH = name != "before"
-    dropout.FAST_CPU = name == "after"
+    dropout.FAST_CPU = train_module.SKIP_UNUSED_ROWS = name == "after"
     out_dir = Path(work_dir) / name
     cfg = TrainConfig(data_dir=args.data_dir, output_dir=str(out_dir), epochs=args.epochs, batch_size=args.batch_size,
                       device=args.device, progress=False, patience=args.epochs + 1,
@@ -74,7 +76,7 @@ def run_variant(name, args, work_dir):
     try:
         train(cfg, log=lambda msg: print(f"  [{name}] {msg}", flush=True))
     finally:
-        HSTUEncoder.use_plan = evaluate.SORT_BY_LENGTH = dropout.FAST_CPU = True
+        HSTUEncoder.use_plan = evaluate.SORT_BY_LENGTH = dropout.FAST_CPU = train_module.SKIP_UNUSED_ROWS = True
     lines = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines() if x.strip()]
     return [r for r in lines if "epoch" in r and "seconds" in r]
 

@@ -71,6 +71,12 @@ class AttentionPlan:
             index = bucket if index is None else index.add_(bucket)
         return cls(rows, B, N, max_seq_len, valid[:, None], index, nb, with_pos, with_time)
 
+    def head(self, segments: int, tokens: int) -> "AttentionPlan":
+        """The plan of the batch's first ``segments`` segments alone (their ``tokens`` jagged rows come first)."""
+        return AttentionPlan(self.rows[:tokens], segments, self.max_len, self.max_seq_len, self.valid[:segments],
+                             None if self.bias_index is None else self.bias_index[:segments], self.num_buckets,
+                             self.with_pos, self.with_time)
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """``x [L, ...]`` -> ``[B, N, ...]`` (zeros past each length)."""
         return _pad(x, self.rows, self.batch, self.max_len)

@@ -179,6 +179,22 @@ class HSTUBlock(nn.Module):
                                    time_weight=kw.get("time_weight"))
         return self.finish(x[rows], u[rows], attn)
 
+    def forward_partial(self, x: torch.Tensor, plan, dense_segments: int, dense_tokens: int, rows: torch.Tensor,
+                        timestamps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[L, D]``: ``forward``'s outputs on the first ``dense_segments`` segments (jagged rows
+        ``[0, dense_tokens)``) and on ``rows`` (all at or past ``dense_tokens``), zero elsewhere; the attention
+        of the other rows is never computed. Unfused SiLU path with the batch's ``plan`` only (the training
+        step: every retrieval-segment row has a label, a rating segment only its targets)."""
+        u, v, q, k = self.project(x)
+        kw = self._attn_kwargs(timestamps)
+        tables = dict(alpha=self.alpha, pos_weight=kw.get("pos_weight"), time_weight=kw.get("time_weight"))
+        n = dense_tokens
+        dense = plan.head(dense_segments, n).attention(q[:n], k[:n], v[:n], **tables)
+        sparse = plan.attention_rows(q[rows], k, v, rows, **tables)
+        idx = torch.cat([torch.arange(n, device=x.device), rows])
+        y = self.finish(x.index_select(0, idx), u.index_select(0, idx), torch.cat([dense, sparse]))
+        return y.new_zeros(x.shape).index_copy(0, idx, y)
+
     def forward_cached(
         self,
         x: torch.Tensor,

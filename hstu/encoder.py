@@ -99,10 +99,17 @@ class HSTUEncoder(nn.Module):
         check: bool = True,
         query_timestamps: Optional[torch.Tensor] = None,
         output_rows: Optional[torch.Tensor] = None,
+        dense_segments: int = 0,
     ) -> torch.Tensor:
         """``[L, D]`` outputs. ``query_timestamps [L]``: the query side of the time bias (None: ``timestamps``).
         ``output_rows [R]`` (int64 jagged row indices): return only those rows, ``[R, D]``, equal to the full
-        output's; the last block then computes attention for them alone (evaluation needs 2 rows a user)."""
+        output's; the last block then computes attention for them alone (evaluation needs 2 rows a user).
+        With ``dense_segments = k > 0`` as well: ``[L, D]`` equal to the full output on the first ``k`` segments
+        and on ``output_rows`` (which must lie past them), zero on the other rows, whose last-block attention is
+        skipped (a training step needs every row of its retrieval segments, only the targets of its rating
+        segments)."""
+        if dense_segments and output_rows is None:
+            raise ValueError("dense_segments needs output_rows (the rows past them to compute)")
         longest = None
         if check:
             # the offsets, targets and timestamps are the same for every layer: check them once, before the
@@ -122,10 +129,23 @@ class HSTUEncoder(nn.Module):
         output_rows = output_rows.to(device=x.device, dtype=torch.int64)
         if output_rows.numel() and (int(output_rows.min()) < 0 or int(output_rows.max()) >= x.shape[0]):
             raise ValueError(f"output_rows must lie in [0, {x.shape[0]}) (the batch's tokens)")
-        if not self.blocks:
+        last = self.blocks[-1] if self.blocks else None
+        if dense_segments:
+            n = int(seq_offsets[dense_segments])
+            if output_rows.numel() and int(output_rows.min()) < n:
+                raise ValueError("output_rows must lie past the dense segments' rows when dense_segments is given")
+            if last is None or plan is None or last.attn_activation != "silu" or last.fused:
+                y = x if last is None else last(x, seq_offsets, timestamps, num_targets, check=False, plan=plan,
+                                                query_timestamps=query_timestamps)
+                keep = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+                keep[:n] = True
+                keep[output_rows] = True
+                return torch.where(keep[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+            return last.forward_partial(x, plan, dense_segments, n, output_rows, timestamps)
+        if last is None:
             return x[output_rows]
-        return self.blocks[-1].forward_rows(x, output_rows, seq_offsets, timestamps, num_targets, check=False,
-                                            plan=plan, query_timestamps=query_timestamps)
+        return last.forward_rows(x, output_rows, seq_offsets, timestamps, num_targets, check=False, plan=plan,
+                                 query_timestamps=query_timestamps)
 
     def _plan(self, seq_offsets, timestamps, num_targets, longest, query_timestamps=None) -> Optional[AttentionPlan]:
         """The batch's shared attention plan for the unfused SiLU path (None: the blocks use the op)."""

@@ -58,12 +58,13 @@ class HSTURecommender(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.config)
 
-    def forward(self, batch, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, batch, rows: Optional[torch.Tensor] = None, dense_segments: int = 0) -> torch.Tensor:
         """Encoder outputs ``[L, D]`` for a ``JaggedBatch``; with ``rows [R]`` (int64 token indices) only those
-        rows, ``[R, D]``, at a fraction of the last block's cost."""
+        rows, ``[R, D]``, at a fraction of the last block's cost; with ``dense_segments = k`` too, ``[L, D]``
+        exact on the first ``k`` segments and on ``rows``, zero elsewhere (``HSTUEncoder.forward``)."""
         qts = batch.next_timestamps if self.config.time_query == "next" and batch.timestamps is not None else None
         return self.encoder(batch.items, batch.actions, batch.seq_offsets, batch.timestamps, batch.num_targets,
-                            query_timestamps=qts, output_rows=rows)
+                            query_timestamps=qts, output_rows=rows, dense_segments=dense_segments)
 
     def normalized_items(self) -> torch.Tensor:
         """``[num_items + 1, D]`` unit item vectors (row 0 is padding)."""

@@ -225,6 +225,11 @@ def _sharded_losses(model, ctx, batch, out, rating_pred, tgt, batch_users: int, 
     return retrieval * (ctx.world / total).float(), rating * (ctx.world / counts[-1].clamp(min=1)).float()
 
 
+# the training step's last block computes only the rows the losses read (False: every row, as before;
+# bench/bench_train.py times both)
+SKIP_UNUSED_ROWS = True
+
+
 class _NonFinite(Exception):
     def __init__(self, what: str, step: int):
         super().__init__(what)
@@ -346,8 +351,14 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
             part = ctx.shard(len(users))
             batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng, part).to(device)
             with amp:
-                out = net(batch)
                 tgt = batch.ratings > 0
+                if SKIP_UNUSED_ROWS and not model_cfg.fused:
+                    # the retrieval segments (the first half) need every row, the rating segments only their
+                    # targets: the last block skips the other rows' attention (their outputs are zero, unused)
+                    retrieval_segments = (batch.seq_offsets.numel() - 1) // 2
+                    out = net(batch, rows=tgt.nonzero().squeeze(1), dense_segments=retrieval_segments)
+                else:
+                    out = net(batch)
                 rating_pred = model.predict_ratings(out[tgt])
             if ctx.active:
                 retrieval, rating = _sharded_losses(model, ctx, batch, out, rating_pred, tgt, len(users), device)

@@ -152,3 +152,45 @@ def test_encoder_output_rows_equal_the_full_outputs_rows(monkeypatch, use_plan):
     torch.testing.assert_close(part, full[rows], rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="output_rows must lie in"):
         enc(items, actions, offsets, ts, targets, output_rows=torch.tensor([L]))
+
+
+@pytest.mark.parametrize("use_plan", [True, False])
+def test_encoder_dense_segments_and_rows_match_the_full_forward(monkeypatch, use_plan):
+    # the training step's layout: retrieval segments first (every row), then rating segments (targets only)
+    monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
+    torch.manual_seed(2)
+    enc = HSTUEncoder(40, 4, dim=16, num_layers=2, num_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.0,
+                      per_head_bias=True).double()
+    for block in enc.blocks:
+        with torch.no_grad():
+            block.bias.pos_weight.normal_()
+            block.bias.time_weight.normal_()
+    lengths = [7, 1, 12, 4, 0, 9]
+    L = sum(lengths)
+    items, actions = torch.randint(1, 41, (L,)), torch.randint(1, 4, (L,))
+    ts = torch.sort(torch.randint(0, 10**7, (L,))).values
+    offsets = lengths_to_offsets(torch.tensor(lengths))
+    targets = torch.tensor([0, 0, 0, 1, 0, 2])
+    dense, rows = 3, torch.tensor([23, 31, 32])  # the target of segment 3 and both of segment 5
+
+    def run(**kw):
+        enc.zero_grad()
+        y = enc(items, actions, offsets, ts, targets, **kw)
+        keep = torch.cat([torch.arange(20), rows])
+        (y[keep] * torch.linspace(-1, 1, 16, dtype=y.dtype)).sum().backward()
+        return y.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    full, want = run()
+    part, got = run(output_rows=rows, dense_segments=dense)
+    keep = torch.zeros(L, dtype=torch.bool)
+    keep[:20] = True
+    keep[rows] = True
+    torch.testing.assert_close(part[keep], full[keep], rtol=1e-10, atol=1e-12)
+    assert (part[~keep] == 0).all()
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-11, msg=name)
+    with pytest.raises(ValueError, match="past the dense segments"):
+        enc(items, actions, offsets, ts, targets, output_rows=torch.tensor([5]), dense_segments=dense)
+    with pytest.raises(ValueError, match="needs output_rows"):
+        enc(items, actions, offsets, ts, targets, dense_segments=dense)
