@@ -16,7 +16,7 @@ The epoch time is the training loop's own ``seconds`` (its log.jsonl): batching,
 validation. Median over the epochs after the first (which pays for allocator warm-up). Results:
 ``bench/results/bench_train_<tag>.{json,csv}`` (header: device, versions, commit, data, settings, machine load).
 
-    python bench/bench_train.py --threads 2 --tag cpu-2core      # the committed CPU run (ml-1m-half)
+    python bench/bench_train.py --threads 2 --epochs 5 --tag cpu-2core   # the committed CPU run (ml-1m-half)
     python bench/bench_train.py --data-dir DIR --epochs 2 --variants after
 """
 
