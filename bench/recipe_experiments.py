@@ -50,6 +50,7 @@ VARIANTS = {
     "ref-input": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02"],
                   "the references' input: item x sqrt(D) (+ action) + position embedding, small init, no MLP"),
     "neg-position": (["--negatives", "position"], "fresh negatives per labelled position (Meta, rectools)"),
+    "neg-512": (["--num-negatives", "512"], "512 negatives per sequence instead of 128"),
     "ref+neg-position": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02", "--negatives",
                           "position"], "the references' input and per-position negatives"),
     "ref+next+fine": (["--input", "sum", "--position-embedding", "--item-init-std", "0.02", "--time-query", "next",
