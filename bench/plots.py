@@ -121,7 +121,7 @@ def _series_labels(tables):
 # the plots
 
 
-def plot_time_bias(plt, time, boundaries, path, title_note=""):
+def plot_time_bias(plt, time, boundaries, path, title_note="", time_query="self"):
     labels = time_bucket_labels(boundaries)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) + 2), 4.5))
     for label, values in _series_labels(time):
@@ -130,7 +130,9 @@ def plot_time_bias(plt, time, boundaries, path, title_note=""):
     ax.set_xticks(range(len(labels)))
     slanted = len(labels) > 6
     ax.set_xticklabels(labels, rotation=45 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
-    _finish_bias_plot(plt, fig, ax, "time gap |t(i) - t(j)| (bucket)", "time-bias curve" + title_note, path)
+    # under time_query "next" a token queries at the time of the event it predicts (the target's at evaluation)
+    gap = "|t(next event after i) - t(j)|" if time_query == "next" else "|t(i) - t(j)|"
+    _finish_bias_plot(plt, fig, ax, f"time gap {gap} (bucket)", "time-bias curve" + title_note, path)
 
 
 def plot_position_bias(plt, pos, max_seq_len, path, title_note=""):
@@ -198,8 +200,11 @@ def plot_run(run_dir, out_dir, tag=None) -> list[Path]:
     else:
         pos, time, boundaries, max_seq_len = bias_tables(checkpoint)
         note = f" ({run_dir.name}/{checkpoint.name})"
+        from hstu.checkpoint import load_checkpoint
+
+        query = load_checkpoint(checkpoint)["model_config"].get("time_query", "self")
         written.append(out_dir / f"time_bias_{tag}.png")
-        plot_time_bias(plt, time, boundaries, written[-1], note)
+        plot_time_bias(plt, time, boundaries, written[-1], note, time_query=query)
         written.append(out_dir / f"position_bias_{tag}.png")
         plot_position_bias(plt, pos, max_seq_len, written[-1], note)
     log = run_dir / "log.jsonl"
