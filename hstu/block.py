@@ -139,8 +139,8 @@ class HSTUBlock(nn.Module):
         kw = self._attn_kwargs(timestamps)
         if "timestamps" in kw and query_timestamps is not None:
             kw["query_timestamps"] = query_timestamps
-        if plan is not None and self.attn_activation == "silu" and not self.fused:
-            attn = plan.attention(q, k, v, alpha=self.alpha, pos_weight=kw.get("pos_weight"), time_weight=kw.get("time_weight"))
+        if self._uses_plan(plan):
+            attn = plan.attention(q, k, v, **self._plan_tables(kw))
         elif self.attn_activation == "softmax":
             longest = check_hstu_attention_args(
                 q, k, v, seq_offsets, self.max_seq_len, num_targets=num_targets, check_values=check, **kw
@@ -157,6 +157,14 @@ class HSTUBlock(nn.Module):
             )
         return self.finish(x, u, attn), k, v
 
+    def _uses_plan(self, plan) -> bool:
+        """Whether this block attends through the batch's ``AttentionPlan`` (the unfused SiLU path)."""
+        return plan is not None and self.attn_activation == "silu" and not self.fused
+
+    def _plan_tables(self, kw: dict) -> dict:
+        """The ``AttentionPlan`` attention keywords from ``_attn_kwargs``'s."""
+        return dict(alpha=self.alpha, pos_weight=kw.get("pos_weight"), time_weight=kw.get("time_weight"))
+
     def forward_rows(
         self,
         x: torch.Tensor,
@@ -171,27 +179,37 @@ class HSTUBlock(nn.Module):
         """``forward(...)[rows]`` (``rows [R]`` int64 jagged row indices) -> ``[R, D]``. With a ``plan`` on the
         unfused SiLU path only those rows query the attention (the others still give their keys and values);
         otherwise the whole block runs and the rows are picked from it."""
-        if plan is None or self.attn_activation != "silu" or self.fused:
+        if not self._uses_plan(plan):
             return self.forward(x, seq_offsets, timestamps, num_targets, check, plan, query_timestamps)[rows]
         u, v, q, k = self.project(x)
-        kw = self._attn_kwargs(timestamps)
-        attn = plan.attention_rows(q[rows], k, v, rows, alpha=self.alpha, pos_weight=kw.get("pos_weight"),
-                                   time_weight=kw.get("time_weight"))
+        attn = plan.attention_rows(q[rows], k, v, rows, **self._plan_tables(self._attn_kwargs(timestamps)))
         return self.finish(x[rows], u[rows], attn)
 
-    def forward_partial(self, x: torch.Tensor, plan, dense_segments: int, dense_tokens: int, rows: torch.Tensor,
-                        timestamps: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward_partial(
+        self,
+        x: torch.Tensor,
+        dense_segments: int,
+        dense_tokens: int,
+        rows: torch.Tensor,
+        seq_offsets: torch.Tensor,
+        timestamps: Optional[torch.Tensor] = None,
+        num_targets: Optional[torch.Tensor] = None,
+        plan=None,
+        query_timestamps: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``[L, D]``: ``forward``'s outputs on the first ``dense_segments`` segments (jagged rows
-        ``[0, dense_tokens)``) and on ``rows`` (all at or past ``dense_tokens``), zero elsewhere; the attention
-        of the other rows is never computed. Unfused SiLU path with the batch's ``plan`` only (the training
-        step: every retrieval-segment row has a label, a rating segment only its targets)."""
-        u, v, q, k = self.project(x)
-        kw = self._attn_kwargs(timestamps)
-        tables = dict(alpha=self.alpha, pos_weight=kw.get("pos_weight"), time_weight=kw.get("time_weight"))
+        ``[0, dense_tokens)``) and on ``rows`` (all at or past ``dense_tokens``), zero elsewhere (the training
+        step: every retrieval-segment row has a label, a rating segment only its targets). With a ``plan`` on the
+        unfused SiLU path the other rows' attention is never computed; otherwise the whole block runs."""
         n = dense_tokens
+        idx = torch.cat([torch.arange(n, device=x.device), rows])
+        if not self._uses_plan(plan):
+            y = self.forward(x, seq_offsets, timestamps, num_targets, False, plan, query_timestamps)
+            return y.new_zeros(x.shape).index_copy(0, idx, y.index_select(0, idx))
+        u, v, q, k = self.project(x)
+        tables = self._plan_tables(self._attn_kwargs(timestamps))
         dense = plan.head(dense_segments, n).attention(q[:n], k[:n], v[:n], **tables)
         sparse = plan.attention_rows(q[rows], k, v, rows, **tables)
-        idx = torch.cat([torch.arange(n, device=x.device), rows])
         y = self.finish(x.index_select(0, idx), u.index_select(0, idx), torch.cat([dense, sparse]))
         return y.new_zeros(x.shape).index_copy(0, idx, y)
 

@@ -121,29 +121,26 @@ class HSTUEncoder(nn.Module):
             )
         x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0], num_targets))
         plan = self._plan(seq_offsets, timestamps, num_targets, longest, query_timestamps)
-        last = len(self.blocks) - 1 if output_rows is not None else len(self.blocks)
-        for block in self.blocks[:last]:
+        body = self.blocks if output_rows is None else self.blocks[:-1]
+        for block in body:
             x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan, query_timestamps=query_timestamps)
         if output_rows is None:
             return x
         output_rows = output_rows.to(device=x.device, dtype=torch.int64)
         if output_rows.numel() and (int(output_rows.min()) < 0 or int(output_rows.max()) >= x.shape[0]):
             raise ValueError(f"output_rows must lie in [0, {x.shape[0]}) (the batch's tokens)")
-        last = self.blocks[-1] if self.blocks else None
+        n = int(seq_offsets[dense_segments]) if dense_segments else 0
+        if dense_segments and output_rows.numel() and int(output_rows.min()) < n:
+            raise ValueError("output_rows must lie past the dense segments' rows when dense_segments is given")
+        if not self.blocks:
+            if not dense_segments:
+                return x[output_rows]
+            idx = torch.cat([torch.arange(n, device=x.device), output_rows])
+            return x.new_zeros(x.shape).index_copy(0, idx, x.index_select(0, idx))
+        last = self.blocks[-1]
         if dense_segments:
-            n = int(seq_offsets[dense_segments])
-            if output_rows.numel() and int(output_rows.min()) < n:
-                raise ValueError("output_rows must lie past the dense segments' rows when dense_segments is given")
-            if last is None or plan is None or last.attn_activation != "silu" or last.fused:
-                y = x if last is None else last(x, seq_offsets, timestamps, num_targets, check=False, plan=plan,
-                                                query_timestamps=query_timestamps)
-                keep = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-                keep[:n] = True
-                keep[output_rows] = True
-                return torch.where(keep[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
-            return last.forward_partial(x, plan, dense_segments, n, output_rows, timestamps)
-        if last is None:
-            return x[output_rows]
+            return last.forward_partial(x, dense_segments, n, output_rows, seq_offsets, timestamps, num_targets,
+                                        plan=plan, query_timestamps=query_timestamps)
         return last.forward_rows(x, output_rows, seq_offsets, timestamps, num_targets, check=False, plan=plan,
                                  query_timestamps=query_timestamps)
 

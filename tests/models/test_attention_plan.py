@@ -130,21 +130,27 @@ def test_plan_attention_rows_equals_full_attention_rows(case):
         torch.testing.assert_close(gg, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("use_plan", [True, False])
-def test_encoder_output_rows_equal_the_full_outputs_rows(monkeypatch, use_plan):
-    monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
-    torch.manual_seed(1)
+def random_batch_encoder(lengths):
+    """A float64 2-layer encoder with random bias tables and a random jagged batch of ``lengths``:
+    ``(enc, items, actions, offsets, timestamps)``."""
     enc = HSTUEncoder(40, 4, dim=16, num_layers=2, num_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.0,
                       per_head_bias=True).double()
     for block in enc.blocks:
         with torch.no_grad():
             block.bias.pos_weight.normal_()
             block.bias.time_weight.normal_()
-    lengths = [7, 0, 12, 1, 5]
     L = sum(lengths)
     items, actions = torch.randint(1, 41, (L,)), torch.randint(1, 4, (L,))
     ts = torch.sort(torch.randint(0, 10**7, (L,))).values
-    offsets = lengths_to_offsets(torch.tensor(lengths))
+    return enc, items, actions, lengths_to_offsets(torch.tensor(lengths)), ts
+
+
+@pytest.mark.parametrize("use_plan", [True, False])
+def test_encoder_output_rows_equal_the_full_outputs_rows(monkeypatch, use_plan):
+    monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
+    torch.manual_seed(1)
+    enc, items, actions, offsets, ts = random_batch_encoder([7, 0, 12, 1, 5])
+    L = items.shape[0]
     targets = torch.tensor([1, 0, 2, 1, 0])
     rows = torch.tensor([5, 6, 18, 19, 0, 24, 20, 6])
     full = enc(items, actions, offsets, ts, targets)
@@ -159,17 +165,8 @@ def test_encoder_dense_segments_and_rows_match_the_full_forward(monkeypatch, use
     # the training step's layout: retrieval segments first (every row), then rating segments (targets only)
     monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
     torch.manual_seed(2)
-    enc = HSTUEncoder(40, 4, dim=16, num_layers=2, num_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.0,
-                      per_head_bias=True).double()
-    for block in enc.blocks:
-        with torch.no_grad():
-            block.bias.pos_weight.normal_()
-            block.bias.time_weight.normal_()
-    lengths = [7, 1, 12, 4, 0, 9]
-    L = sum(lengths)
-    items, actions = torch.randint(1, 41, (L,)), torch.randint(1, 4, (L,))
-    ts = torch.sort(torch.randint(0, 10**7, (L,))).values
-    offsets = lengths_to_offsets(torch.tensor(lengths))
+    enc, items, actions, offsets, ts = random_batch_encoder([7, 1, 12, 4, 0, 9])
+    L = items.shape[0]
     targets = torch.tensor([0, 0, 0, 1, 0, 2])
     dense, rows = 3, torch.tensor([23, 31, 32])  # the target of segment 3 and both of segment 5
 
