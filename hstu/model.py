@@ -10,7 +10,6 @@ from torch import nn
 from .bias import TIME_BUCKETS
 from .config import ModelConfig, saved_model_fields
 from .encoder import HSTUEncoder
-from .jagged import jagged_to_padded
 from .kv_cache import KVCache
 
 
@@ -96,13 +95,14 @@ class HSTURecommender(nn.Module):
                 ``[R, num_negatives]`` per labelled position under ``"position"``.
             reduction: ``"mean"`` over the labelled positions, or ``"sum"`` (a rank's part of a global mean).
         """
-        rows = next_items > 0
-        if not bool(rows.any()):
+        labelled = next_items > 0
+        if not bool(labelled.any()):
             return out.sum() * 0.0
         lengths = seq_offsets[1:] - seq_offsets[:-1]
         B, K = lengths.shape[0], self.config.num_negatives
         per_position = self.config.negatives == "position"
-        pos = next_items[rows]
+        rows = labelled.nonzero().squeeze(1)
+        pos = next_items.index_select(0, rows)
         draw = (pos.shape[0] if per_position else B, K)
         if negatives is None:
             negs = torch.randint(1, self.config.num_items + 1, draw, device=out.device, generator=generator)
@@ -112,19 +112,18 @@ class HSTURecommender(nn.Module):
         else:
             negs = negatives.to(out.device)
         table = F.normalize(self.encoder.item_table.float(), dim=-1)
-        u = F.normalize(out.float(), dim=-1)
+        u = F.normalize(out.float().index_select(0, rows), dim=-1)  # [R, D]
+        pos_logit = (u * table.index_select(0, pos)).sum(-1) / self.config.temperature
         if per_position:
-            neg_logit = _rowwise_logits(u[rows], table, negs)
-            hits = negs == pos[:, None]
+            neg_logit = _rowwise_logits(u, table, negs).masked_fill(negs == pos[:, None], float("-inf"))
+            neg_lse = torch.logsumexp(neg_logit / self.config.temperature, dim=1)
         else:
-            u_pad, tok = jagged_to_padded(u, seq_offsets, int(lengths.max()))  # [B, T, D]
-            neg_logit = torch.bmm(u_pad, table[negs].transpose(1, 2))[tok][rows]  # [R, K]
-            seg = torch.repeat_interleave(torch.arange(B, device=out.device), lengths, output_size=out.shape[0])[rows]
-            hits = negs[seg] == pos[:, None]
-        neg_logit = neg_logit.masked_fill(hits, float("-inf"))
-        pos_logit = (u[rows] * table[pos]).sum(-1, keepdim=True)
-        logits = torch.cat([pos_logit, neg_logit], dim=1) / self.config.temperature
-        return F.cross_entropy(logits, torch.zeros_like(pos), reduction=reduction)
+            seg = torch.repeat_interleave(torch.arange(B, device=out.device), lengths, output_size=out.shape[0])
+            neg_lse = _shared_negatives_lse(u / self.config.temperature, pos, rows, seg.index_select(0, rows),
+                                            seq_offsets, negs, table)
+        # log(exp(pos) + sum over the negatives that are not the positive of exp(neg)) - pos
+        loss = torch.logaddexp(pos_logit, neg_lse) - pos_logit
+        return loss.sum() if reduction == "sum" else loss.mean()
 
     def predict_ratings(self, target_out: torch.Tensor) -> torch.Tensor:
         """``[T, D]`` target-token outputs -> ``[T]`` predicted ratings."""
@@ -176,6 +175,43 @@ def _rowwise_logits(u: torch.Tensor, table: torch.Tensor, negs: torch.Tensor, bu
         uc, nc = u[s:s + step], negs[s:s + step]
         parts.append((uc @ table.t()).gather(1, nc) if full else torch.einsum("rd,rkd->rk", uc, table[nc]))
     return torch.cat(parts) if parts else u.new_zeros((0, k))
+
+
+def _shared_negatives_lse(u: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, row_seq: torch.Tensor,
+                          seq_offsets: torch.Tensor, negs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over each labelled row's sequence negatives, leaving out those equal to its positive.
+
+    ``u [R, D]`` (scaled) user vectors of the labelled token ``rows [R]`` of sequences ``row_seq [R]``, positives
+    ``pos [R]``, ``negs [B, K]`` item ids per sequence of ``table [N, D]`` -> ``[R]``. Scored as one
+    ``[B', T, D] x [B', D, K]`` matmul over only the ``B'`` sequences that have a labelled row, up to their last
+    labelled position ``T``; the accidental hits (about ``K / N`` of the rows hold one) are found by a sorted
+    search and only their rows are scored again with the hit masked, so no ``[R, K]`` gather or mask is built.
+    """
+    B, K = negs.shape
+    keep = torch.zeros(B, dtype=torch.bool, device=u.device).index_fill_(0, row_seq, True)
+    seq = (keep.cumsum(0) - 1).index_select(0, row_seq)  # the row's sequence among the kept ones
+    at = rows - seq_offsets[:-1].to(rows.dtype).index_select(0, row_seq)
+    kept, last = (int(x) for x in torch.stack([keep.sum(), at.max()]).tolist())
+    T = last + 1
+    flat = seq * T + at
+    kept_negs = negs[keep]  # [B', K]
+    u_pad = u.new_zeros(kept * T, u.shape[1]).index_copy(0, flat, u).view(kept, T, -1)
+    items = table.index_select(0, kept_negs.reshape(-1)).view(kept, K, -1)
+    scores = torch.bmm(u_pad, items.transpose(1, 2)).view(kept * T, K)
+    lse = torch.logsumexp(scores, dim=1).index_select(0, flat)
+    # the rows whose positive is among their sequence's negatives: search (sequence, item) keys
+    span = int(table.shape[0])
+    keys = (torch.arange(kept, device=u.device)[:, None] * span + kept_negs).reshape(-1).sort().values
+    want = seq * span + pos
+    found = torch.searchsorted(keys, want).clamp_(max=keys.shape[0] - 1)
+    hit = (keys.index_select(0, found) == want).nonzero().squeeze(1)
+    if hit.shape[0]:
+        # finfo.min, not -inf: a row whose negatives are all its positive then sums to ~0, with finite gradients
+        fixed = scores.index_select(0, flat.index_select(0, hit))
+        mask = kept_negs.index_select(0, seq.index_select(0, hit)) == pos.index_select(0, hit)[:, None]
+        fixed = fixed.masked_fill(mask, torch.finfo(fixed.dtype).min)
+        lse = lse.index_copy(0, hit, torch.logsumexp(fixed, dim=1))
+    return lse
 
 
 def next_event_times(timestamps: torch.Tensor, seq_offsets: torch.Tensor, last=None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hstu
 from hstu.actions import NUM_ACTIONS, UNKNOWN
@@ -148,6 +149,53 @@ def test_retrieval_loss_is_sampled_softmax_without_accidental_hits():
         want.append(torch.logsumexp(logits, 0) - logits[0])
     torch.testing.assert_close(loss.detach(), torch.stack(want).mean(), rtol=1e-5, atol=1e-5)
     assert model.retrieval_loss(out, torch.zeros(5, dtype=torch.long), offsets).item() == 0.0
+
+
+def _reference_retrieval_loss(out, table, next_items, offsets, negs, per_position, temperature):
+    """The loss row by row in float64: each labelled row against its negatives that are not its positive."""
+    losses, r = [], 0
+    for b in range(offsets.shape[0] - 1):
+        for row in range(int(offsets[b]), int(offsets[b + 1])):
+            pos = int(next_items[row])
+            if pos == 0:
+                continue
+            u = F.normalize(out[row].double(), dim=0)
+            t = F.normalize(table.double(), dim=1)
+            cands = [n for n in (negs[r] if per_position else negs[b]).tolist() if n != pos]
+            logits = torch.cat([(u @ t[pos])[None], t[cands] @ u]) / temperature
+            losses.append(torch.logsumexp(logits, 0) - logits[0])
+            r += 1
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("negatives", ["sequence", "position"])
+@pytest.mark.parametrize("num_items", [1, 4, 300])  # every negative a hit, most rows with hits, few hits
+def test_retrieval_loss_and_gradients_match_a_row_by_row_reference(negatives, num_items):
+    g = torch.Generator().manual_seed(num_items)
+    model = HSTURecommender(ModelConfig(num_items=num_items, dim=D, num_negatives=7, max_seq_len=40,
+                                        negatives=negatives))
+    # empty, single-token, odd and unlabelled sequences; labels stop short of some sequences' ends
+    lengths = torch.tensor([0, 1, 13, 5, 0, 9, 2])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    L = int(offsets[-1])
+    next_items = torch.randint(1, num_items + 1, (L,), generator=g)
+    next_items[offsets[3]:offsets[4]] = 0  # a sequence without labels
+    next_items[offsets[3] - 4:offsets[3]] = 0
+    next_items[torch.rand(L, generator=g) < 0.2] = 0
+    rows = int((next_items > 0).sum())
+    negs = torch.randint(1, num_items + 1, ((rows if negatives == "position" else 7), 7), generator=g)
+    out = torch.randn(L, D, generator=g, requires_grad=True)
+    loss = model.retrieval_loss(out, next_items, offsets, negatives=negs)
+    want = _reference_retrieval_loss(out, model.encoder.item_table, next_items, offsets, negs,
+                                     negatives == "position", model.config.temperature)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(loss, (out, model.encoder.item_table))
+    ref = torch.autograd.grad(want, (out, model.encoder.item_table))
+    for a, b in zip(got, ref):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    summed = model.retrieval_loss(out, next_items, offsets, negatives=negs, reduction="sum")
+    torch.testing.assert_close(summed, loss * rows)
 
 
 def test_rating_head_starts_near_typical_rating():
