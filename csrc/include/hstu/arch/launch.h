@@ -54,10 +54,19 @@ __global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm) ke
   Kernel::run(params);
 }
 
+// the sm_90a kernels take TMA descriptors inside their params, whose address must stay in parameter space
 template <typename Kernel, typename Params>
-inline LaunchStatus launch_kernel(Dim3 grid, const Params& params, Stream stream) {
+__global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm)
+    kernel_entry_grid_constant(const __grid_constant__ Params params) {
+#if defined(__CUDA_ARCH__)
+  static_assert(Kernel::kSmemBytes <= kMaxDynamicSmem, "the kernel's shared memory exceeds this target's limit");
+#endif
+  Kernel::run(params);
+}
+
+template <typename Kernel, typename Params>
+inline LaunchStatus launch_entry(void (*fn)(const Params), Dim3 grid, const Params& params, Stream stream) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return cudaSuccess;
-  auto fn = kernel_entry<Kernel, Params>;
   if (Kernel::kSmemBytes > 48 * 1024) {
     // a clear error instead of cudaFuncSetAttribute's "invalid argument" on GPUs with less shared memory
     int device = 0, optin = 0;
@@ -70,6 +79,16 @@ inline LaunchStatus launch_kernel(Dim3 grid, const Params& params, Stream stream
   }
   fn<<<dim3(grid.x, grid.y, grid.z), Kernel::kNThreads, Kernel::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
+}
+
+template <typename Kernel, typename Params>
+inline LaunchStatus launch_kernel(Dim3 grid, const Params& params, Stream stream) {
+  return launch_entry<Kernel, Params>(kernel_entry<Kernel, Params>, grid, params, stream);
+}
+
+template <typename Kernel, typename Params>
+inline LaunchStatus launch_kernel_grid_constant(Dim3 grid, const Params& params, Stream stream) {
+  return launch_entry<Kernel, Params>(kernel_entry_grid_constant<Kernel, Params>, grid, params, stream);
 }
 
 inline const char* launch_error_string(LaunchStatus s) { return cudaGetErrorString(s); }
