@@ -17,6 +17,7 @@ Results: ``bench/results/cuda_<device>.json`` and a table on stdout.
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,8 +64,29 @@ def attention_batch(B, N, H, D, seed=0):
     )
 
 
+def _with_family(fn, flag):
+    """``fn`` with the forward's kernel family pinned (``HSTU_CUDA_SM90``, read by the extension per call)."""
+    def run(**kw):
+        old = os.environ.get("HSTU_CUDA_SM90")
+        os.environ["HSTU_CUDA_SM90"] = flag
+        try:
+            return fn(**kw)
+        finally:
+            if old is None:
+                os.environ.pop("HSTU_CUDA_SM90")
+            else:
+                os.environ["HSTU_CUDA_SM90"] = old
+    return run
+
+
 def attention_rows(shapes, quick):
+    from hstu_kernels.ops.common import cuda_ext
+
     providers = {"cuda": cuda_impl.hstu_attention_cuda}
+    if "sm90" in cuda_ext.kernel_families() and torch.cuda.get_device_capability() == (9, 0):
+        # "cuda": the sm90 forward (wgmma / TMA); "cuda-sm80": the mma.sync forward; the backward is sm80 in both
+        providers = {"cuda": _with_family(cuda_impl.hstu_attention_cuda, "1"),
+                     "cuda-sm80": _with_family(cuda_impl.hstu_attention_cuda, "0")}
     try:
         from hstu_kernels.ops.hstu_attention import triton_impl
 

@@ -16,8 +16,9 @@ generated CUDA header, which is stubbed).
 Writes a per-kernel table (registers, spills, stack, compile time) to ``bench/results/cuda_compile_check.txt``
 (``--out``). ``--subset quick`` compiles the representative subset the CI test runs
 (``tests/ops/test_cuda_compile.py``): bf16 at head dim 128 for both targets (forward, backward with its dq and
-reduction kernels, cached scoring), the bf16 head-dim-64 backward on sm_90a and the fp16 head-dim-64 forward on
-sm_80 (the fp16 conversions and mma); the rest instantiate the same templates with other constants.
+reduction kernels, cached scoring), the bf16 head-dim-64 backward on sm_90a, the fp16 head-dim-64 forward on
+sm_80 (the fp16 conversions and mma) and the bf16 head-dim-128 sm90-family forward (wgmma / TMA, sm_90a only);
+the rest instantiate the same templates with other constants.
 ``--subset full`` (the default) compiles every file.
 
     python bench/cuda_compile_check.py                   # everything, all cores
@@ -45,6 +46,7 @@ QUICK = (
     ("cached_fwd_hdim128_bf16_sm80.cu", ("80", "90a")),
     ("attention_bwd_hdim64_bf16_sm80.cu", ("90a",)),
     ("attention_fwd_hdim64_fp16_sm80.cu", ("80",)),
+    ("attention_fwd_hdim128_bf16_sm90.cu", ("90a",)),
 )
 
 
@@ -123,7 +125,7 @@ def compile_launchers(nvcc, workdir):
     includes = ["-I", str(ROOT / "csrc" / "include"), "-I", str(ROOT / "csrc"), "-I", str(stub),
                 "-isystem", str(inc), "-isystem", str(inc / "torch" / "csrc" / "api" / "include"),
                 "-isystem", sysconfig.get_paths()["include"]]
-    defines = ["-DHSTU_HDIM_64", "-DHSTU_HDIM_128", "-DTORCH_EXTENSION_NAME=_C"]
+    defines = ["-DHSTU_HDIM_64", "-DHSTU_HDIM_128", "-DHSTU_SM90", "-DTORCH_EXTENSION_NAME=_C"]
     cxx = os.environ.get("CXX", "g++")
     jobs = [(src, [nvcc, "-std=c++17", "-O2", "-c", str(ROOT / src), "-o", str(Path(workdir) / "l.o"),
                    "-gencode", "arch=compute_80,code=sm_80", *includes, *defines])

@@ -41,4 +41,6 @@ TORCH_LIBRARY_IMPL(hstu_kernels, CUDA, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "HSTU attention CUDA kernels (ops registered under torch.ops.hstu_kernels.cuda_*)";
   m.def("built_head_dims", &hstu_torch::built_head_dims, "head dims compiled into this build");
+  m.def("kernel_families", &hstu_torch::kernel_families,
+        "kernel families compiled into this build: sm80 (mma.sync), sm90 (wgmma / TMA forward, sm_90a)");
 }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -33,5 +34,8 @@ at::Tensor cached_attention_fwd(const at::Tensor& q, const at::Tensor& k, const 
 
 // head dims this build compiled (HSTU_CUDA_HDIMS)
 std::vector<int64_t> built_head_dims();
+
+// kernel families this build compiled: "sm80" always, "sm90" with sm_90a (HSTU_SM90)
+std::vector<std::string> kernel_families();
 
 }  // namespace hstu_torch

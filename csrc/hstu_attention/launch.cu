@@ -2,6 +2,9 @@
 // the meaning of the op: hstu_kernels/ops/hstu_attention/naive.py; the kernels: csrc/include/hstu/.
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../torch_common.h"
 #include "hstu/api.h"
 #include "hstu/host/workspace.h"
@@ -92,6 +95,43 @@ cudaError_t dispatch_fwd(int64_t d, const hstu::AttentionFwdParams& p, cudaStrea
   }
 }
 
+// the sm_90a forward (wgmma / TMA) runs on compute capability 9.0 when it is built; HSTU_CUDA_SM90=0 in the
+// environment keeps the sm80 kernels (read per call, so tests and benchmarks can compare the two)
+bool use_sm90_fwd(const at::Tensor& q) {
+#ifdef HSTU_SM90
+  const char* env = std::getenv("HSTU_CUDA_SM90");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.device().index());
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, q.device().index());
+  return major == 9 && minor == 0;
+#else
+  (void)q;
+  return false;
+#endif
+}
+
+template <typename Element>
+cudaError_t dispatch_fwd_sm90(int64_t d, const hstu::AttentionFwdParams& p, int64_t rows, cudaStream_t s) {
+#ifdef HSTU_SM90
+  switch (d) {
+#ifdef HSTU_HDIM_64
+    case 64:
+      return hstu::run_attention_fwd_sm90<Element, 64>(p, rows, s);
+#endif
+#ifdef HSTU_HDIM_128
+    case 128:
+      return hstu::run_attention_fwd_sm90<Element, 128>(p, rows, s);
+#endif
+    default:
+      break;
+  }
+#else
+  (void)d, (void)p, (void)rows, (void)s;
+#endif
+  return cudaErrorInvalidValue;
+}
+
 template <typename Element>
 cudaError_t dispatch_bwd(int64_t d, const hstu::AttentionBwdParams& p, cudaStream_t s) {
   switch (d) {
@@ -125,6 +165,14 @@ std::vector<int64_t> built_head_dims() {
   return dims;
 }
 
+std::vector<std::string> kernel_families() {
+#ifdef HSTU_SM90
+  return {"sm80", "sm90"};
+#else
+  return {"sm80"};
+#endif
+}
+
 at::Tensor attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
                          int64_t max_seq_len, int64_t max_len, double alpha, double scale, const OptTensor& timestamps,
                          const OptTensor& query_timestamps, const OptTensor& pos_weight, const OptTensor& time_weight,
@@ -139,8 +187,11 @@ at::Tensor attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Ten
   p.o_row_stride = out.stride(0);
   p.o_head_stride = out.stride(1);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const cudaError_t err = q.scalar_type() == at::kBFloat16 ? dispatch_fwd<hstu::bf16>(in.D, p, stream)
-                                                           : dispatch_fwd<hstu::fp16>(in.D, p, stream);
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const cudaError_t err =
+      use_sm90_fwd(q) ? (bf16 ? dispatch_fwd_sm90<hstu::bf16>(in.D, p, in.L, stream)
+                              : dispatch_fwd_sm90<hstu::fp16>(in.D, p, in.L, stream))
+                      : (bf16 ? dispatch_fwd<hstu::bf16>(in.D, p, stream) : dispatch_fwd<hstu::fp16>(in.D, p, stream));
   check_launch(err, "hstu attention forward");
   return out;
 }

@@ -6,7 +6,9 @@ without the built extension ``hstu_kernels._C``).
   NaN-poisoned allocations (an element the kernels never write shows);
 - CUDA vs Triton agreement on the same batches;
 - deterministic mode: two backward passes are bitwise equal, and agree with the atomic backward;
-- every built head dim, int32 timestamps, strided inputs, torch.compile (inductor) through the ops.
+- every built head dim, int32 timestamps, strided inputs, torch.compile (inductor) through the ops;
+- on compute capability 9.0 with the sm90 family built, the parity and edge tests run the forward on both
+  kernel families (``HSTU_CUDA_SM90=1`` / ``0``), and the two families' outputs agree.
 
 The CPU tiers of the same kernels: tests/test_cuda_emulated.py (the kernels on the warp emulator) and
 tests/test_cuda_python.py (this backend's Python side on emulated ops).
@@ -24,6 +26,22 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not (HAS_CUDA and BUILT), reas
                                                   f"the extension ({WHY})")]
 
 GRADS = ("q", "k", "v", "pos_weight", "time_weight")
+FAMILIES = ["sm80", "sm90"]
+
+
+def sm90_runs():
+    from hstu_kernels.ops.common import cuda_ext
+
+    return "sm90" in cuda_ext.kernel_families() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request, monkeypatch):
+    """The forward's kernel family: sm90 (wgmma / TMA) only where it is built and the device is 9.0."""
+    if request.param == "sm90" and not sm90_runs():
+        pytest.skip("the sm90 family needs an sm_90a build and a compute capability 9.0 device")
+    monkeypatch.setenv("HSTU_CUDA_SM90", "1" if request.param == "sm90" else "0")
+    return request.param
 ATOL = {torch.float16: 1e-4, torch.bfloat16: 1e-3}
 UNIX_BOUNDARIES = (3600, 86400, 604800, 2592000)
 
@@ -101,7 +119,7 @@ OPTIONS = {
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_two_x_rule(poisoned_empty, shape, option, dtype):
+def test_two_x_rule(poisoned_empty, family, shape, option, dtype):
     B, N, H, D = SHAPES[shape]
     o = dict(OPTIONS[option])
     window = o.pop("window", 0)
@@ -112,21 +130,21 @@ def test_two_x_rule(poisoned_empty, shape, option, dtype):
 
 
 @pytest.mark.parametrize("D", [64, 128])
-def test_small_and_edge_batches(poisoned_empty, D):
+def test_small_and_edge_batches(poisoned_empty, family, D):
     # empty, single, all-targets sequences, a sequence longer than max_seq_len thanks to targets
     batch = make_batch([5, 0, 1, 130, 300, 77], targets=[2, 0, 1, 130, 120, 0], max_seq_len=181, D=D, qts=True)
     assert_two_x_rule(batch, alpha=0.7, max_attn_len=0)
     assert_two_x_rule(batch, max_attn_len=33)
 
 
-def test_int32_timestamps_and_boundary_extremes():
+def test_int32_timestamps_and_boundary_extremes(family):
     batch = make_batch([200, 90], ts_dtype=torch.int32, boundaries=(-5, 0, 7, 2**31 + 5, 2**33), qts=True)
     assert_two_x_rule(batch)
     wide = make_batch([150], boundaries=(0, 7, 2**32 - 2, 2**32 - 1, 2**33), t0=0, t_range=2**34)
     assert_two_x_rule(wide)
 
 
-def test_strided_inputs():
+def test_strided_inputs(family):
     batch = to_cuda(make_batch([333, 100], targets=[3, 5]))
     fused = torch.stack([batch["q"], batch["k"], batch["v"]], dim=1)
     strided = dict(batch, q=fused[:, 0], k=fused[:, 1], v=fused[:, 2])
@@ -136,6 +154,22 @@ def test_strided_inputs():
     torch.testing.assert_close(out_s, out_c)
     for n in grads_c:
         torch.testing.assert_close(grads_s[n], grads_c[n], rtol=2e-2, atol=2e-2)  # dq atomics: order varies
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sm90_forward_agrees_with_sm80(monkeypatch, D, dtype):
+    if not sm90_runs():
+        pytest.skip("the sm90 family needs an sm_90a build and a compute capability 9.0 device")
+    batch = to_cuda(make_batch([1, 0, 127, 128, 129, 700, 33], targets=[0, 0, 5, 0, 129, 11, 3], D=D,
+                               max_seq_len=700, qts=True, dtype=dtype))
+    outs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("HSTU_CUDA_SM90", flag)
+        outs[flag] = cuda_impl.hstu_attention_cuda(**batch, max_attn_len=150)
+    scale = max(1.0, outs["0"].abs().max().item())
+    assert torch.isfinite(outs["1"]).all()
+    assert (outs["1"].float() - outs["0"].float()).abs().max().item() < 1e-2 * scale
 
 
 def test_agrees_with_triton():

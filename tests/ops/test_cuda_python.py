@@ -102,6 +102,11 @@ def test_build_config():
     assert sum("hdim128" in n for n in names) == 6  # attention fwd, bwd, cached x bf16, fp16
     flags = cuda_build.nvcc_flags(["80", "90a"], (64,))
     assert "arch=compute_90a,code=sm_90a" in flags and "-DHSTU_HDIM_64" in flags
+    # the sm90 family (wgmma / TMA forward): its files and its launcher branch only with an sm_90a target
+    assert "-DHSTU_SM90" in flags and "-DHSTU_SM90" in cuda_build.cxx_flags((64,), ["90a"])
+    assert "-DHSTU_SM90" not in cuda_build.nvcc_flags(["80"], (64,)) + cuda_build.cxx_flags((64,), ["80"])
+    with_90a = [Path(p).name for p in cuda_build.sources(dims=(128,), arch_list=["80", "90a"])]
+    assert sorted(set(with_90a) - set(names)) == ["attention_fwd_hdim128_bf16_sm90.cu", "attention_fwd_hdim128_fp16_sm90.cu"]
 
 
 def test_generated_instantiations_are_current():

@@ -79,14 +79,19 @@ def gencode_flags(arch_list=None):
     return flags
 
 
-def define_flags(dims=None):
-    return [f"-DHSTU_HDIM_{d}" for d in (head_dims() if dims is None else dims)]
+def define_flags(dims=None, arch_list=None):
+    """``HSTU_HDIM_<d>`` per head dim built, and ``HSTU_SM90`` when the sm_90a kernel family is (its
+    instantiations compile only for ``90a``; the launchers then pick it on compute capability 9.0)."""
+    flags = [f"-DHSTU_HDIM_{d}" for d in (head_dims() if dims is None else dims)]
+    if "90a" in (archs() if arch_list is None else arch_list):
+        flags.append("-DHSTU_SM90")
+    return flags
 
 
 def nvcc_flags(arch_list=None, dims=None):
     # no --use_fast_math: the kernels call the fast instructions they want (tanh / ex2 / rcp approx) explicitly
-    return ["-O3", "-std=c++17", "-lineinfo", *gencode_flags(arch_list), *define_flags(dims)]
+    return ["-O3", "-std=c++17", "-lineinfo", *gencode_flags(arch_list), *define_flags(dims, arch_list)]
 
 
-def cxx_flags(dims=None):
-    return ["-O3", "-std=c++17", *define_flags(dims)]
+def cxx_flags(dims=None, arch_list=None):
+    return ["-O3", "-std=c++17", *define_flags(dims, arch_list)]

@@ -39,3 +39,12 @@ def _load():
 def built_head_dims() -> Tuple[int, ...]:
     module, _ = extension()
     return tuple(module.built_head_dims()) if module is not None else ()
+
+
+def kernel_families() -> Tuple[str, ...]:
+    """The built kernel families: ``"sm80"`` (mma.sync, every target) and ``"sm90"`` (the wgmma / TMA forward,
+    picked on compute capability 9.0 unless ``HSTU_CUDA_SM90=0``); empty without the extension."""
+    module, _ = extension()
+    if module is None:
+        return ()
+    return tuple(module.kernel_families()) if hasattr(module, "kernel_families") else ("sm80",)

@@ -39,7 +39,7 @@ def build(verbose: bool = False, archs=None, head_dims=None):
         name=name,
         sources=cuda_build.sources(dims=dims, arch_list=archs),
         extra_include_paths=cuda_build.include_dirs(),
-        extra_cflags=cuda_build.cxx_flags(dims),
+        extra_cflags=cuda_build.cxx_flags(dims, archs),
         extra_cuda_cflags=cuda_build.nvcc_flags(archs, dims),
         with_cuda=True,
         verbose=verbose,
