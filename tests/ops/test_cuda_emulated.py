@@ -7,6 +7,9 @@ memory and outputs start NaN-poisoned. So the tiling, masks, bias staging, fragm
 deterministic mode are checked here without a GPU. Not checked here: races (racecheck on a GPU), the PTX
 itself (the compile check), the fast-math error of ``tanh.approx`` / ``ex2.approx`` (the GPU tier).
 
+The sm90 forward (wgmma / TMA, ``arch/sm90_emulation.h``) runs here too: mbarrier phases, TMA boxes in the
+128-byte swizzle layout, wgmma through its shared-memory descriptors, all from the PTX ISA's descriptions.
+
 Every result is held to the GPU tier's rule: error(kernel vs fp64 naive) <= 2 * error(naive op in the same
 precision vs fp64 naive) + atol, for the output and all five gradients. Skipped without a host C++ compiler.
 """
@@ -147,6 +150,43 @@ def test_deterministic_mode(D):
     _, nondet = check_attention(batch, deterministic=False, max_attn_len=50)
     for name in det:  # same math, other summation orders
         torch.testing.assert_close(det[name].float(), nondet[name].float(), rtol=2e-2, atol=2e-2)
+
+
+def check_sm90_forward(batch, **options):
+    """The sm90 (wgmma / TMA) forward against the naive op under the 2x rule, and against the sm80 forward."""
+    dtype = batch["q"].dtype
+    extra = dict(emulated_args(batch), **options)
+    args = (batch["q"], batch["k"], batch["v"], batch["seq_offsets"], batch["max_seq_len"])
+    out = emulated.attention_fwd(*args, family="sm90", **extra)
+    with torch.no_grad():
+        low = naive_hstu_attention(**batch, **options)
+        want = naive_hstu_attention(**{n: (x.double() if n in GRADS else x) for n, x in batch.items()}, **options)
+    assert_close_to_naive("out (sm90)", out, low, want, dtype)
+    sm80 = emulated.attention_fwd(*args, **extra)
+    # the same products and the same fp32 sums per 16-wide k step, in the same order: equal up to the last bit
+    torch.testing.assert_close(out.float(), sm80.float(), rtol=0, atol=1e-2 * max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_sm90_forward_options_d64(option):
+    o = dict(OPTIONS[option])
+    window = o.pop("window", 0)
+    check_sm90_forward(make_batch(LENGTHS, **o), alpha=0.7, max_attn_len=window)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sm90_forward_d128_long(dtype):
+    # 300 and 257 rows: three 128-query blocks, key tiles past the sequence end, targets past max_seq_len
+    batch = make_batch([300, 1, 257, 0], targets=[40, 0, 130, 0], D=128, max_seq_len=200, qts=True, dtype=dtype)
+    check_sm90_forward(batch, max_attn_len=0)
+    check_sm90_forward(batch, max_attn_len=70)
+
+
+def test_sm90_forward_strided_rows():
+    # q, k, v as views into one [L, 3, H, D] buffer: the TMA descriptors' row stride is 3 H D
+    batch = make_batch([90, 140], targets=[3, 7], qts=True)
+    fused = torch.stack([batch["q"], batch["k"], batch["v"]], dim=1)
+    check_sm90_forward(dict(batch, q=fused[:, 0], k=fused[:, 1], v=fused[:, 2]), max_attn_len=0)
 
 
 @pytest.mark.parametrize("window", [0, 3])

@@ -27,7 +27,9 @@
 #include "program.h"
 #include "score_bias.h"
 
-#if defined(__CUDACC__)
+#if defined(HSTU_HOST_EMULATION)
+#include "arch/sm90_emulation.h"
+#elif defined(__CUDACC__)
 #include "arch/sm90.cuh"
 #endif
 
@@ -76,7 +78,8 @@ struct AttentionFwdSm90Kernel {
   static constexpr int kSmemBytes = 1024 + kTimeOffset + kTimeTableBytes;
 
   static HSTU_DEVICE HSTU_FORCEINLINE void run(const AttentionFwdSm90Params& params) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)) || \
+    defined(HSTU_HOST_EMULATION)
     namespace sm90 = arch::sm90;
     const AttentionFwdParams& p = params.fwd;
     const int m_block = arch::grid_dim_y() - 1 - arch::block_idx_y();

@@ -18,18 +18,18 @@ arch::LaunchStatus run_attention_fwd_sm90(const AttentionFwdParams& p, int64_t t
                                                  false>::kBlockM;
   const arch::Dim3 grid{static_cast<unsigned>(p.batch * p.num_heads),
                         static_cast<unsigned>(ceil_div(p.max_len, kBlockM)), 1u};
-  if (grid.x == 0 || grid.y == 0 || total_rows == 0) return cudaSuccess;
+  if (grid.x == 0 || grid.y == 0 || total_rows == 0) return arch::kLaunchOk;
   AttentionFwdSm90Params params;
   params.fwd = p;
-  cudaError_t err = arch::encode_rows_map<Element>(&params.tma_q, p.q, total_rows, p.num_heads, kHeadDim,
+  arch::LaunchStatus err = arch::encode_rows_map<Element>(&params.tma_q, p.q, total_rows, p.num_heads, kHeadDim,
                                                    p.q_row_stride, p.q_head_stride, kBlockM);
-  if (err != cudaSuccess) return err;
+  if (err != arch::kLaunchOk) return err;
   err = arch::encode_rows_map<Element>(&params.tma_k, p.k, total_rows, p.num_heads, kHeadDim,
                                                    p.k_row_stride, p.k_head_stride, Config::kBlockN);
-  if (err != cudaSuccess) return err;
+  if (err != arch::kLaunchOk) return err;
   err = arch::encode_rows_map<Element>(&params.tma_v, p.v, total_rows, p.num_heads, kHeadDim, p.v_row_stride,
                                        p.v_head_stride, Config::kBlockN);
-  if (err != cudaSuccess) return err;
+  if (err != arch::kLaunchOk) return err;
   return HSTU_BOOL_SWITCH(p.bias.pos_weight != nullptr, kHasPos, [&] {
     return HSTU_BOOL_SWITCH(p.bias.time_weight != nullptr, kHasTime, [&] {
       using Kernel = AttentionFwdSm90Kernel<Element, kHeadDim, Config::kBlockN, Config::kStages, kHasPos, kHasTime>;

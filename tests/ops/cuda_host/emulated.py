@@ -100,9 +100,11 @@ def _attention_problem(op, q, k, v, seq_offsets, max_seq_len, alpha, scale, time
 
 def attention_fwd(q, k, v, seq_offsets, max_seq_len, *, alpha=1.0, scale=None, timestamps=None,
                   query_timestamps=None, pos_weight=None, time_weight=None, time_boundaries=None, num_targets=None,
-                  max_attn_len=0):
-    """``[L, H, D]`` output of the forward kernel."""
-    pr = _attention_problem("fwd", q, k, v, seq_offsets, max_seq_len, alpha, scale, timestamps, query_timestamps,
+                  max_attn_len=0, family="sm80"):
+    """``[L, H, D]`` output of the forward kernel of ``family``: "sm80" (mma.sync) or "sm90" (wgmma / TMA)."""
+    if family not in ("sm80", "sm90"):
+        raise ValueError(f"family must be 'sm80' or 'sm90', got {family!r}")
+    pr = _attention_problem("fwd" if family == "sm80" else "fwd_sm90", q, k, v, seq_offsets, max_seq_len, alpha, scale, timestamps, query_timestamps,
                             pos_weight, time_weight, time_boundaries, num_targets, max_attn_len)
     pr.run()
     return pr.output("out", q.shape, q.dtype)

@@ -16,6 +16,7 @@
 #include "hstu/dispatch_bwd.h"
 #include "hstu/dispatch_cached.h"
 #include "hstu/dispatch_fwd.h"
+#include "hstu/dispatch_fwd_sm90.h"
 #include "hstu/host/workspace.h"
 
 using namespace hstu;
@@ -103,8 +104,9 @@ void fill_fwd(Problem& pr, AttentionFwdParams& p) {
   p.scale = static_cast<float>(pr.real("scale"));
 }
 
+// sm90: the wgmma / TMA kernel family (arch/sm90_emulation.h), else the sm80 one
 template <typename Element, int kHeadDim>
-void run_fwd(Problem& pr) {
+void run_fwd(Problem& pr, bool sm90) {
   AttentionFwdParams p;
   fill_fwd(pr, p);
   const size_t L = pr.num("L"), H = p.num_heads, D = kHeadDim;
@@ -112,7 +114,11 @@ void run_fwd(Problem& pr) {
   p.out = out.data.data();
   p.o_row_stride = static_cast<int64_t>(H * D);
   p.o_head_stride = static_cast<int64_t>(D);
-  check(run_attention_fwd<Element, kHeadDim>(p, nullptr));
+  if (sm90) {
+    check(run_attention_fwd_sm90<Element, kHeadDim>(p, static_cast<int64_t>(L), nullptr));
+  } else {
+    check(run_attention_fwd<Element, kHeadDim>(p, nullptr));
+  }
   out.save(pr.dir, L * H * D);
 }
 
@@ -215,8 +221,8 @@ void run_cached(Problem& pr) {
 template <typename Element, int kHeadDim>
 void run_op(Problem& pr) {
   const std::string& op = pr.str("op");
-  if (op == "fwd") {
-    run_fwd<Element, kHeadDim>(pr);
+  if (op == "fwd" || op == "fwd_sm90") {
+    run_fwd<Element, kHeadDim>(pr, op == "fwd_sm90");
   } else if (op == "bwd") {
     run_bwd<Element, kHeadDim>(pr);
   } else if (op == "cached") {

@@ -88,8 +88,10 @@ struct Copy {
 struct Thread {
   ucontext_t ctx;
   bool done = false;
-  int waiting = 0;  // 0: runnable, 1: block barrier, 2: warp collective
+  int waiting = 0;  // 0: runnable, 1: block barrier, 2: warp collective, 3: mbarrier phase, 4: warpgroup collective
   unsigned long gen = 0;
+  const void* wait_bar = nullptr;  // waiting == 3: the mbarrier and the parity of the phase awaited
+  uint32_t wait_parity = 0;
   std::vector<Copy> copies;
   long committed = 0;
 };
@@ -101,6 +103,22 @@ struct Warp {
   void* payload[32];
 };
 
+// an sm_90 mbarrier: arrivals still due in the current phase, TMA bytes still due, phases completed
+struct Mbarrier {
+  const void* addr;
+  int expected = 0;
+  int pending = 0;
+  long long tx = 0;
+  uint32_t phase = 0;
+};
+
+// the 128 threads of a warpgroup meeting at one wgmma (sm90 emulation)
+struct Warpgroup {
+  int arrived = 0;
+  unsigned long gen = 0;
+  void* payload[128];
+};
+
 struct Block {
   int bx = 0, by = 0, gy = 1;
   int nthreads = 0;
@@ -109,11 +127,25 @@ struct Block {
   size_t smem_bytes = 0;
   std::vector<Thread> threads;
   std::vector<Warp> warps;
+  std::vector<Warpgroup> groups;
+  std::vector<Mbarrier> mbarriers;
   int barrier_arrived = 0;
   unsigned long barrier_gen = 0;
   ucontext_t scheduler;
   std::function<void()>* body = nullptr;
 };
+
+inline Mbarrier* find_mbarrier(Block& b, const void* addr) {
+  for (Mbarrier& m : b.mbarriers)
+    if (m.addr == addr) return &m;
+  return nullptr;
+}
+
+// the phase with this parity has completed (mbarrier.try_wait.parity): the current phase has the other parity
+inline bool mbarrier_phase_done(Block& b, const void* addr, uint32_t parity) {
+  const Mbarrier* m = find_mbarrier(b, addr);
+  return m != nullptr && (m->phase & 1u) != (parity & 1u);
+}
 
 inline Block*& current_block() {
   static Block* b = nullptr;
@@ -175,6 +207,7 @@ inline void run_block(int bx, int by, int gy, int nthreads, size_t smem_bytes, s
   b.smem_bytes = smem_bytes;
   b.threads.resize(nthreads);
   b.warps.resize((nthreads + 31) / 32);
+  b.groups.resize((nthreads + 127) / 128);
   b.body = &body;
   if (nthreads % 32 != 0) fail("block of %d threads: not a whole number of warps", nthreads);
   current_block() = &b;
@@ -189,20 +222,26 @@ inline void run_block(int bx, int by, int gy, int nthreads, size_t smem_bytes, s
       ++live;
       if (th.waiting == 1 && b.barrier_gen == th.gen) continue;
       if (th.waiting == 2 && b.warps[t / 32].gen == th.gen) continue;
+      if (th.waiting == 3 && !mbarrier_phase_done(b, th.wait_bar, th.wait_parity)) continue;
+      if (th.waiting == 4 && b.groups[t / 128].gen == th.gen) continue;
       th.waiting = 0;
       current_thread() = t;
       swapcontext(&b.scheduler, &th.ctx);
       progress = true;
     }
     if (live > 0 && !progress) {
-      int at_barrier = 0, at_warp = 0, done = 0;
+      int at_barrier = 0, at_warp = 0, at_mbar = 0, at_group = 0, done = 0;
       for (const Thread& th : b.threads) {
         done += th.done;
         at_barrier += !th.done && th.waiting == 1;
         at_warp += !th.done && th.waiting == 2;
+        at_mbar += !th.done && th.waiting == 3;
+        at_group += !th.done && th.waiting == 4;
       }
-      fail("deadlock in block (%d, %d): %d threads at __syncthreads, %d at a warp collective, %d exited "
-           "(a barrier or collective not reached by every thread)", bx, by, at_barrier, at_warp, done);
+      fail("deadlock in block (%d, %d): %d threads at __syncthreads, %d at a warp collective, %d waiting on an "
+           "mbarrier phase, %d at a warpgroup collective, %d exited (a barrier or collective not reached by every "
+           "thread, or an mbarrier phase that never completes)", bx, by, at_barrier, at_warp, at_mbar, at_group,
+           done);
     }
   }
   current_block() = nullptr;

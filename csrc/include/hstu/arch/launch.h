@@ -20,6 +20,11 @@ inline LaunchStatus launch_kernel(Dim3 grid, const Params& params, Stream) {
   return kLaunchOk;
 }
 
+template <typename Kernel, typename Params>
+inline LaunchStatus launch_kernel_grid_constant(Dim3 grid, const Params& params, Stream stream) {
+  return launch_kernel<Kernel>(grid, params, stream);
+}
+
 inline const char* launch_error_string(LaunchStatus) { return "ok"; }
 
 }  // namespace arch

@@ -1,15 +1,45 @@
 // host side of TMA: a 3-d tensor map over the jagged [L, H, D] rows of a 16-bit tensor, boxes of `box_rows` rows
 // x 64 columns of one head, 128-byte swizzle (the layout arch/sm90.cuh's descriptors read). the driver's
-// cuTensorMapEncodeTiled is reached through the runtime's entry-point query, so nothing links libcuda.
+// cuTensorMapEncodeTiled is reached through the runtime's entry-point query, so nothing links libcuda. the host
+// emulation build fills the emulator's own tensor map instead (arch/sm90_emulation.h).
 #pragma once
-
-#include <cuda.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "../numeric.h"
 #include "../params_sm90.h"
+#include "launch.h"
+
+#if defined(HSTU_HOST_EMULATION)
+
+#include <cstring>
+
+#include "sm90_emulation.h"
+
+namespace hstu {
+namespace arch {
+
+// the emulator's tensor map: the same fields the driver would check, read back by sm90_emulation.h
+template <typename Element>
+inline LaunchStatus encode_rows_map(TensorMap* out, const void* base, int64_t rows, int heads, int head_dim,
+                                    int64_t row_stride, int64_t head_stride, int box_rows) {
+  if ((row_stride * 2) % 16 != 0 || (head_stride * 2) % 16 != 0 || reinterpret_cast<uintptr_t>(base) % 16 != 0 ||
+      box_rows < 1 || box_rows > 256)
+    return 1;
+  sm90::EmuTensorMap m{static_cast<const char*>(base), {head_dim, heads, rows}, {head_stride * 2, row_stride * 2},
+                       {64, 1, box_rows}, 2};
+  std::memset(out, 0, sizeof(*out));
+  std::memcpy(out, &m, sizeof(m));
+  return kLaunchOk;
+}
+
+}  // namespace arch
+}  // namespace hstu
+
+#else
+
+#include <cuda.h>
+#include <cuda_runtime.h>
 
 namespace hstu {
 namespace arch {
@@ -66,3 +96,5 @@ inline cudaError_t encode_rows_map(TensorMap* out, const void* base, int64_t row
 
 }  // namespace arch
 }  // namespace hstu
+
+#endif
