@@ -3,7 +3,7 @@
 # 16 cores); logs and results go to $OUT (default bench/results/gpu-cuda). Run from the repository root:
 #
 #   bash bench/gpu_cuda_session.sh            # build, GPU tier, sanitizers, benchmark
-#   bash bench/gpu_cuda_session.sh build      # one stage: build | tests | sanitize | bench
+#   bash bench/gpu_cuda_session.sh build      # one stage: build | smoke_sm90 | tests | sanitize | bench
 #
 # Each stage has its own time limit, so a hang or a slow stage still leaves the others' logs.
 set -uo pipefail
@@ -22,9 +22,40 @@ build() {
     return $rc
 }
 
+# the sm90 forward (wgmma / TMA) has never run on a GPU: a 30-second smoke run decides whether the later stages
+# use it; when it fails or hangs, they run with HSTU_CUDA_SM90=0 (the sm80 kernels) and the log says so
+smoke_sm90() {
+    HSTU_CUDA_SM90=1 timeout 30 python3 -c "
+import torch
+from hstu_kernels.ops.common import cuda_ext
+from hstu_kernels.ops.hstu_attention import cuda_impl
+assert 'sm90' in cuda_ext.kernel_families() and torch.cuda.get_device_capability() == (9, 0), 'no sm90 family here'
+L, H, D = 300, 2, 128
+q, k, v = (torch.randn(L, H, D, device='cuda', dtype=torch.bfloat16) for _ in range(3))
+off = torch.tensor([0, 1, 129, 300], device='cuda')
+out = cuda_impl.hstu_attention_cuda(q, k, v, off, 200)
+torch.cuda.synchronize()
+assert torch.isfinite(out).all(), 'non-finite output'
+print('sm90 smoke: ok')
+" > "$OUT/smoke_sm90.log" 2>&1
+    local rc=$?
+    tail -3 "$OUT/smoke_sm90.log"
+    if [ $rc -ne 0 ]; then
+        echo "sm90 smoke: failed (exit $rc); the other stages run the sm80 forward"
+        export HSTU_CUDA_SM90=0
+    fi
+}
+
 tests() {
-    timeout 240 python3 -m pytest -m gpu -q -x --tb=short -p no:cacheprovider --junitxml="$OUT/pytest_cuda.xml" \
-        tests/ops/test_attention_cuda.py tests/ops/test_cached_attention_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log" | tail -30
+    # the sm80 family first (the tested baseline), then the sm90 forward's split of the same tests
+    HSTU_CUDA_SM90=0 timeout 200 python3 -m pytest -m gpu -q -x --tb=short -p no:cacheprovider -k "not sm90" \
+        --junitxml="$OUT/pytest_cuda.xml" tests/ops/test_attention_cuda.py tests/ops/test_cached_attention_cuda.py \
+        2>&1 | tee "$OUT/pytest_cuda.log" | tail -20
+    if [ "${HSTU_CUDA_SM90:-1}" != "0" ]; then
+        timeout 90 python3 -m pytest -m gpu -q --tb=short -p no:cacheprovider -k sm90 \
+            --junitxml="$OUT/pytest_cuda_sm90.xml" tests/ops/test_attention_cuda.py 2>&1 \
+            | tee "$OUT/pytest_cuda_sm90.log" | tail -20
+    fi
 }
 
 sanitize() {
@@ -42,9 +73,10 @@ bench() {
 
 case "$stage" in
     build) build ;;
+    smoke_sm90) smoke_sm90 ;;
     tests) tests ;;
     sanitize) sanitize ;;
     bench) bench ;;
-    all) build && { tests; sanitize; bench; } ;;
-    *) echo "unknown stage $stage (build, tests, sanitize, bench, all)"; exit 2 ;;
+    all) build && { smoke_sm90; tests; sanitize; bench; } ;;
+    *) echo "unknown stage $stage (build, smoke_sm90, tests, sanitize, bench, all)"; exit 2 ;;
 esac
