@@ -95,6 +95,8 @@ class HSTURecommender(nn.Module):
                 ``[R, num_negatives]`` per labelled position under ``"position"``.
             reduction: ``"mean"`` over the labelled positions, or ``"sum"`` (a rank's part of a global mean).
         """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         labelled = next_items > 0
         if not bool(labelled.any()):
             return out.sum() * 0.0

@@ -10,14 +10,18 @@
 //     s = q k^T (wgmma, q and k from shared memory, K-major), a = silu(alpha s + bias)
 //     masked in registers, o += a v (wgmma, a from registers, v from shared memory read MN-major), then the
 //     stage is released. silu needs no running max, so nothing is rescaled between tiles.
-// the bias: producer warp 1 stages, per tile and stage, the tile's window of the position table (score_bias.h:
-// PosWindow) and its key timestamps in shared memory with plain loads and stores, then arrives on the stage's
-// full barrier (release: the consumers' wait sees them); the time table sits in shared memory for the whole CTA.
+// producer warp 1 finishes each stage: it waits for the stage's TMA bytes ("loaded" barrier), zeroes the V rows
+// past the sequence end (a tile's box reads the next sequence's rows: masked scores are exact zeros, but 0 * inf
+// would not be, and the sm80 path zero-fills those rows too), stages the tile's window of the position table
+// (score_bias.h: PosWindow) and its key timestamps, makes its stores visible to wgmma (fence.proxy.async) and
+// arrives on the stage's "full" barrier, which the consumers wait on; the time table sits in shared memory for
+// the whole CTA.
 // overlapping the two GEMMs of consecutive tiles and ping-ponging the warpgroups are the next steps once this
 // path has run on a GPU.
 //
-// rows of the next sequence that a tile's TMA box reads past this sequence's end are masked to exact zeros
-// before the second GEMM (finite inputs: the op's contract); rows past the tensor's end read as zeros.
+// rows of the next sequence that a tile's TMA box reads past this sequence's end: their scores are masked by a
+// select and their V rows zeroed in shared memory, so non-finite values elsewhere in the batch cannot leak in;
+// rows past the tensor's end read as zeros.
 #pragma once
 
 #include "arch/arch.h"
@@ -53,6 +57,7 @@ struct AttentionFwdSm90Kernel {
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kNThreads = 128 * (kConsumers + 1);
   static constexpr int kMinBlocksPerSm = 1;
+  static constexpr bool kSm90aOnly = true;  // the body exists for sm_90a only (the other passes trap)
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
@@ -70,8 +75,7 @@ struct AttentionFwdSm90Kernel {
   static constexpr int kVOffset = kKOffset + kStages * kTileBytes;
   static constexpr int kBarOffset = kVOffset + kStages * kTileBytes;
   using Pos = PosWindow<kBlockM, kBlockN>;
-  static constexpr int kBiasLanes = kHasPos || kHasTime ? 32 : 0;  // producer warp 1 stages the bias
-  static constexpr int kTsOffset = kBarOffset + (2 * kStages + 1) * 8;
+  static constexpr int kTsOffset = kBarOffset + (3 * kStages + 1) * 8;
   static constexpr int kPosOffset = kTsOffset + kStages * kBlockN * 8;
   static constexpr int kTimeOffset = kPosOffset + kStages * Pos::kSize * 4;
   // + 1024: the dynamic shared memory base is aligned up to the swizzle atom in the kernel
@@ -98,7 +102,8 @@ struct AttentionFwdSm90Kernel {
     uint16_t* s_v = reinterpret_cast<uint16_t*>(smem + kVOffset);
     uint64_t* full = reinterpret_cast<uint64_t*>(smem + kBarOffset);
     uint64_t* empty = full + kStages;
-    uint64_t* q_full = empty + kStages;
+    uint64_t* loaded = empty + kStages;
+    uint64_t* q_full = loaded + kStages;
     int64_t* s_ts = reinterpret_cast<int64_t*>(smem + kTsOffset);
     float* s_pos = reinterpret_cast<float*>(smem + kPosOffset);
     float* s_time = reinterpret_cast<float*>(smem + kTimeOffset);
@@ -106,7 +111,8 @@ struct AttentionFwdSm90Kernel {
     const int tid = arch::thread_idx();
     if (tid == 0) {
       for (int s = 0; s < kStages; ++s) {
-        sm90::mbar_init(&full[s], 1 + kBiasLanes);  // the TMA thread (with its bytes), warp 1's lanes
+        sm90::mbar_init(&loaded[s], 1);  // the TMA thread, with the stage's bytes
+        sm90::mbar_init(&full[s], 32);  // warp 1's lanes, once the stage is finished
         sm90::mbar_init(&empty[s], 4 * kConsumers);  // one arrival per consumer warp
       }
       sm90::mbar_init(q_full, 1);
@@ -129,22 +135,29 @@ struct AttentionFwdSm90Kernel {
         for (int t = 0; t < num_tiles; ++t) {
           const int s = t % kStages;
           if (t >= kStages) sm90::mbar_wait(&empty[s], ((t / kStages) - 1) & 1);
-          sm90::mbar_arrive_expect_tx(&full[s], 2 * kTileBytes);
+          sm90::mbar_arrive_expect_tx(&loaded[s], 2 * kTileBytes);
           const int row = seq_start + tiles.start(t, kBlockN);
           HSTU_UNROLL
           for (int pn = 0; pn < kPanels; ++pn) {
-            sm90::tma_load_3d(s_k + s * kTileElems + pn * kPanelElems, &params.tma_k, &full[s], 64 * pn, h, row);
-            sm90::tma_load_3d(s_v + s * kTileElems + pn * kPanelElems, &params.tma_v, &full[s], 64 * pn, h, row);
+            sm90::tma_load_3d(s_k + s * kTileElems + pn * kPanelElems, &params.tma_k, &loaded[s], 64 * pn, h, row);
+            sm90::tma_load_3d(s_v + s * kTileElems + pn * kPanelElems, &params.tma_v, &loaded[s], 64 * pn, h, row);
           }
         }
-      } else if (kBiasLanes > 0 && tid / 32 == 1) {
-        // the bias of each tile: the position-table window and the key timestamps
+      } else if (tid / 32 == 1) {
+        // finish each stage: V rows past the sequence end, the tile's bias
         const int lane = tid % 32;
         const float* pos_row = kHasPos ? p.bias.pos_weight + h * p.bias.pos_head_stride : nullptr;
         for (int t = 0; t < num_tiles; ++t) {
           const int s = t % kStages;
           const int n0 = tiles.start(t, kBlockN);
           if (t >= kStages) sm90::mbar_wait(&empty[s], ((t / kStages) - 1) & 1);
+          sm90::mbar_wait(&loaded[s], (t / kStages) & 1);
+          // a 128-byte swizzled row stays one contiguous 128-byte row: zero it whole, 16 bytes a lane-step
+          const int first_past = n - n0;
+          for (int x = lane; first_past < kBlockN && x < (kBlockN - first_past) * 8 * kPanels; x += 32) {
+            const int r = first_past + x / (8 * kPanels), pn = (x / 8) % kPanels, chunk = x % 8;
+            sm90::store_zero16(s_v + s * kTileElems + pn * kPanelElems + r * 64 + chunk * 8);
+          }
           if (kHasPos) {
             const int rmin = Pos::rmin(m0, n0, u);
             for (int x = lane; x < Pos::kSize; x += 32)
@@ -154,6 +167,7 @@ struct AttentionFwdSm90Kernel {
             for (int x = lane; x < kBlockN; x += 32)
               s_ts[s * kBlockN + x] = n0 + x < n ? arch::load_global(p.timestamps + seq_start + n0 + x) : 0;
           }
+          sm90::fence_proxy_async();
           sm90::mbar_arrive(&full[s]);
         }
       }
@@ -266,6 +280,13 @@ struct AttentionFwdSm90Kernel {
         arch::store_global(reinterpret_cast<uint32_t*>(orow + nt * 8 + 2 * l.t), packed);
       }
     }
+#elif defined(__CUDA_ARCH__)
+    // a device pass other than sm_90a (the extension compiles every file for every target): never launched
+    // there (the launcher picks this family on compute capability 9.0 only), and loud if it ever is
+    (void)params;
+    __trap();
+#else
+    (void)params;
 #endif
   }
 };

@@ -63,8 +63,12 @@ __global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm) ke
 template <typename Kernel, typename Params>
 __global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm)
     kernel_entry_grid_constant(const __grid_constant__ Params params) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(Kernel::kSmemBytes <= kMaxDynamicSmem, "the kernel's shared memory exceeds this target's limit");
+#elif defined(__CUDA_ARCH__)
+  // sm_90a-only kernels are compiled (to a trap) for the other targets too: their limit is sm_90a's
+  static_assert(Kernel::kSm90aOnly || Kernel::kSmemBytes <= kMaxDynamicSmem,
+                "the kernel's shared memory exceeds this target's limit");
 #endif
   Kernel::run(params);
 }

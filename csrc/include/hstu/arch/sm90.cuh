@@ -64,6 +64,13 @@ HSTU_SM90_FN void mbar_wait(uint64_t* bar, uint32_t parity) {
   } while (!done);
 }
 
+// generic-proxy shared-memory writes made visible to the async proxy (TMA, wgmma operand reads)
+HSTU_SM90_FN void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+HSTU_SM90_FN void store_zero16(void* smem) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(smem_addr(smem)), "r"(0) : "memory");
+}
+
 // ---- TMA ----
 
 // a [box rows, 64] tile of a 3-d tensor map (dims: head dim, head, row) at coordinates (c0, c1, c2); completes

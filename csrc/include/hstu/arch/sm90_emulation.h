@@ -10,7 +10,7 @@
 //   - wgmma m64nNk16: all 128 threads of the warpgroup meet; operands are read through the shared-memory
 //     descriptors (start, LBO, SBO, 128-byte swizzle applied to the address) or from the registers' A fragments;
 //     products exact, sums in double, rounded to fp32. commit / wait are no-ops (the product is done at issue);
-//   - setmaxnreg, fences, tensor-map prefetch: no-ops.
+//   - setmaxnreg, fences (including fence.proxy.async: one proxy here), tensor-map prefetch: no-ops.
 // the same caveats as emulation.h: no races, no timing; and this models the documented layouts, so a
 // misreading of the PTX ISA shared by the kernel and this file would pass here and fail on the GPU tier.
 #pragma once
@@ -93,6 +93,13 @@ inline void mbar_wait(uint64_t* bar, uint32_t parity) {
     th.wait_parity = parity;
     emu::yield_to_scheduler();
   }
+}
+
+inline void fence_proxy_async() {}
+
+inline void store_zero16(void* smem) {
+  emu::check_smem(smem, 16, 16, "st.shared.v4");
+  std::memset(smem, 0, 16);
 }
 
 // ---- TMA ----

@@ -23,8 +23,8 @@ namespace arch {
 template <typename Element>
 inline LaunchStatus encode_rows_map(TensorMap* out, const void* base, int64_t rows, int heads, int head_dim,
                                     int64_t row_stride, int64_t head_stride, int box_rows) {
-  if ((row_stride * 2) % 16 != 0 || (head_stride * 2) % 16 != 0 || reinterpret_cast<uintptr_t>(base) % 16 != 0 ||
-      box_rows < 1 || box_rows > 256)
+  if (row_stride <= 0 || head_stride <= 0 || (row_stride * 2) % 16 != 0 || (head_stride * 2) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(base) % 16 != 0 || box_rows < 1 || box_rows > 256)
     return 1;
   sm90::EmuTensorMap m{static_cast<const char*>(base), {head_dim, heads, rows}, {head_stride * 2, row_stride * 2},
                        {64, 1, box_rows}, 2};
@@ -55,9 +55,13 @@ inline EncodeTiledFn encode_tiled_fn() {
   static EncodeTiledFn fn = [] {
     void* ptr = nullptr;
     cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
+#if CUDART_VERSION >= 12050
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found);
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &ptr, cudaEnableDefault, &found);
+#endif
+    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess)
       return static_cast<EncodeTiledFn>(nullptr);
     return reinterpret_cast<EncodeTiledFn>(ptr);
   }();
@@ -82,6 +86,8 @@ inline cudaError_t encode_rows_map(TensorMap* out, const void* base, int64_t row
                                    int64_t row_stride, int64_t head_stride, int box_rows) {
   const EncodeTiledFn encode = encode_tiled_fn();
   if (encode == nullptr) return cudaErrorNotSupported;
+  if (row_stride <= 0 || head_stride <= 0 || (row_stride * 2) % 16 != 0 || (head_stride * 2) % 16 != 0)
+    return cudaErrorInvalidValue;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_stride) * 2, static_cast<cuuint64_t>(row_stride) * 2};
