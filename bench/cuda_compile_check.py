@@ -73,9 +73,9 @@ def demangle(names):
 
 
 def short_name(full):
-    """'hstu::arch::kernel_entry<hstu::AttentionFwdKernel<hstu::bf16, 128, ...>, ...>(...)'
-    -> 'AttentionFwdKernel<bf16, 128, ...>'."""
-    m = re.search(r"kernel_entry<hstu::(\w+(?:<[^<>]*>)?)", full)
+    """'hstu::arch::kernel_entry<hstu::AttentionFwdKernel<hstu::bf16, 128, ...>, ...>(...)' (or
+    kernel_entry_grid_constant<...>) -> 'AttentionFwdKernel<bf16, 128, ...>'."""
+    m = re.search(r"kernel_entry(?:_grid_constant)?<hstu::(\w+(?:<[^<>]*>)?)", full)
     name = m.group(1) if m else full
     return name.replace("hstu::", "")
 
