@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "../numeric.h"
+#include "sm90_desc.h"
 
 namespace hstu {
 namespace arch {
@@ -124,12 +125,7 @@ HSTU_SM90_FN void fence_operands(float (&d)[N]) {
 
 // shared-memory matrix descriptor, 128-byte swizzle (the buffer 1024-byte aligned, so base offset 0)
 HSTU_SM90_FN uint64_t desc_sw128(const void* smem, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  const uint64_t addr = smem_addr(smem);
-  uint64_t d = (addr & 0x3FFFF) >> 4;
-  d |= static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16;
-  d |= static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
-  d |= static_cast<uint64_t>(1) << 62;
-  return d;
+  return desc_sw128_bits(smem_addr(smem), lbo_bytes, sbo_bytes);
 }
 
 // d (+)= a b for a 64 x N tile, k = 16: a from registers (4 x b16x2 per thread), b from shared memory

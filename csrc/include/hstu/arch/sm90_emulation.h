@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../numeric.h"
+#include "sm90_desc.h"
 #include "../params_sm90.h"
 #include "emulation.h"
 
@@ -157,12 +158,7 @@ template <int N>
 inline void fence_operands(float (&)[N]) {}
 
 inline uint64_t desc_sw128(const void* smem, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  const uint64_t addr = smem_addr(smem);
-  uint64_t d = (addr & 0x3FFFF) >> 4;
-  d |= static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16;
-  d |= static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32;
-  d |= static_cast<uint64_t>(1) << 62;
-  return d;
+  return desc_sw128_bits(smem_addr(smem), lbo_bytes, sbo_bytes);
 }
 
 // the 16-bit element at (mn, k) of an operand read through a descriptor: K-major (k contiguous) or MN-major
