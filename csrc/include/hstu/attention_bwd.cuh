@@ -516,16 +516,7 @@ struct AttentionDqKernel {
     }
 
     uint16_t* dq = static_cast<uint16_t*>(p.dq) + seq_start * p.dq_row_stride + h * p.dq_head_stride;
-    HSTU_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      if (row[r] >= n) continue;
-      uint16_t* dq_row = dq + static_cast<int64_t>(row[r]) * p.dq_row_stride;
-      HSTU_UNROLL
-      for (int nt = 0; nt < kHeadDim / 8; ++nt) {
-        const uint32_t packed = arch::pack2<Element>(acc[nt][2 * r] * p.alpha, acc[nt][2 * r + 1] * p.alpha);
-        arch::store_global(reinterpret_cast<uint32_t*>(dq_row + nt * 8 + 2 * l.t), packed);
-      }
-    }
+    store_c_rows<Element, kHeadDim>(dq, p.dq_row_stride, row, n, &acc[0][0], p.alpha, l);
   }
 };
 

@@ -177,17 +177,7 @@ struct AttentionFwdKernel {
     }
 
     uint16_t* out = static_cast<uint16_t*>(p.out) + seq_start * p.o_row_stride + h * p.o_head_stride;
-    HSTU_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      if (row[r] >= n) continue;
-      uint16_t* orow = out + static_cast<int64_t>(row[r]) * p.o_row_stride;
-      HSTU_UNROLL
-      for (int nt = 0; nt < kHeadDim / 8; ++nt) {
-        const int col = nt * 8 + 2 * l.t;
-        const uint32_t packed = arch::pack2<Element>(acc[nt][2 * r] * p.scale, acc[nt][2 * r + 1] * p.scale);
-        arch::store_global(reinterpret_cast<uint32_t*>(orow + col), packed);
-      }
-    }
+    store_c_rows<Element, kHeadDim>(out, p.o_row_stride, row, n, &acc[0][0], p.scale, l);
   }
 };
 

@@ -269,17 +269,7 @@ struct AttentionFwdSm90Kernel {
     }
 
     uint16_t* out = static_cast<uint16_t*>(p.out) + seq_start * p.o_row_stride + h * p.o_head_stride;
-    HSTU_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      if (row[r] >= n) continue;
-      uint16_t* orow = out + static_cast<int64_t>(row[r]) * p.o_row_stride;
-      HSTU_UNROLL
-      for (int nt = 0; nt < kHeadDim / 8; ++nt) {
-        const uint32_t packed =
-            arch::pack2<Element>(acc[4 * nt + 2 * r] * p.scale, acc[4 * nt + 2 * r + 1] * p.scale);
-        arch::store_global(reinterpret_cast<uint32_t*>(orow + nt * 8 + 2 * l.t), packed);
-      }
-    }
+    store_c_rows<Element, kHeadDim>(out, p.o_row_stride, row, n, acc, p.scale, l);
 #elif defined(__CUDA_ARCH__)
     // a device pass other than sm_90a (the extension compiles every file for every target): never launched
     // there (the launcher picks this family on compute capability 9.0 only), and loud if it ever is

@@ -207,16 +207,7 @@ struct CachedFwdKernel {
     }
 
     uint16_t* out = static_cast<uint16_t*>(p.out) + c0 * p.o_row_stride + h * p.o_head_stride;
-    HSTU_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      if (row[r] >= nc) continue;
-      uint16_t* orow = out + static_cast<int64_t>(row[r]) * p.o_row_stride;
-      HSTU_UNROLL
-      for (int nt = 0; nt < kHeadDim / 8; ++nt) {
-        const uint32_t packed = arch::pack2<Element>(acc[nt][2 * r] * p.scale, acc[nt][2 * r + 1] * p.scale);
-        arch::store_global(reinterpret_cast<uint32_t*>(orow + nt * 8 + 2 * l.t), packed);
-      }
-    }
+    store_c_rows<Element, kHeadDim>(out, p.o_row_stride, row, nc, &acc[0][0], p.scale, l);
   }
 };
 

@@ -67,6 +67,24 @@ HSTU_DEVICE HSTU_FORCEINLINE void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = arch::pack2<Element>(c1[2], c1[3]);
 }
 
+// a warp's [16, kCols] fp32 C fragments (n8 tile nt, element e at c[4 nt + e]: a float[kCols / 8][4] or a
+// wgmma accumulator float[kCols / 2], the same layout) times `scale`, rounded to 16 bits and stored to this
+// thread's two rows row[0], row[1] of `base` (row stride in elements); rows at or past n are skipped
+template <typename Element, int kCols>
+HSTU_DEVICE HSTU_FORCEINLINE void store_c_rows(uint16_t* base, int64_t row_stride, const int (&row)[2], int n,
+                                               const float* c, float scale, const Lane& l) {
+  HSTU_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= n) continue;
+    uint16_t* out = base + static_cast<int64_t>(row[r]) * row_stride;
+    HSTU_UNROLL
+    for (int nt = 0; nt < kCols / 8; ++nt) {
+      const uint32_t packed = arch::pack2<Element>(c[4 * nt + 2 * r] * scale, c[4 * nt + 2 * r + 1] * scale);
+      arch::store_global(reinterpret_cast<uint32_t*>(out + nt * 8 + 2 * l.t), packed);
+    }
+  }
+}
+
 // the SiLU gate sigmoid(x): one MUFU op for bf16 (its error is below bf16 rounding), ex2 + rcp for fp16
 template <typename Element>
 HSTU_DEVICE HSTU_FORCEINLINE float silu_gate(float x) {

@@ -80,8 +80,9 @@ def gencode_flags(arch_list=None):
 
 
 def define_flags(dims=None, arch_list=None):
-    """``HSTU_HDIM_<d>`` per head dim built, and ``HSTU_SM90`` when the sm_90a kernel family is (its
-    instantiations compile only for ``90a``; the launchers then pick it on compute capability 9.0)."""
+    """``HSTU_HDIM_<d>`` per head dim built, and ``HSTU_SM90`` when the sm_90a kernel family is (its files are
+    included only with a ``90a`` target and hold real code only in that pass; the launchers then pick it on
+    compute capability 9.0)."""
     flags = [f"-DHSTU_HDIM_{d}" for d in (head_dims() if dims is None else dims)]
     if "90a" in (archs() if arch_list is None else arch_list):
         flags.append("-DHSTU_SM90")
