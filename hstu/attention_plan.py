@@ -3,111 +3,179 @@
 ``hstu_kernels.hstu_attention(backend="torch")`` (the op's meaning) recomputes, in every block, the padding, the
 mask, the relative positions and the time buckets of the batch: about a dozen passes over ``[B, N, N]`` int64
 tensors per block and direction, which dominate a CPU training step at MovieLens sizes. Those depend only on the
-batch, so ``AttentionPlan.build`` computes them once (one combined index into the position x time-bucket table);
-each block then does two products, one table lookup, one SiLU and one mask. Same meaning as the op (tested
-against it), for finite inputs; the op's non-finite contract is the op's, not this path's (the model stops on
-non-finite values before they matter).
+batch, so ``AttentionPlan.build`` computes them once, as one int32 index per block of query rows into the
+flattened position x time-bucket table, with the mask folded in (a masked pair reads an extra entry, ``-1e30``,
+whose SiLU is exactly 0). Every valid pair has its key at or before its query in the padded layout (causal on
+positions; a target sees the history and itself), so a block of query rows ``[r0, r1)`` needs only keys
+``[0, r1)``: the blocks cover the lower triangle, about 60% of the square. Each block's attention then is one
+table gather, one fused multiply-add of ``q k^T`` onto it, one SiLU and one product (``hstu.blocked_attention``).
+Same meaning as the op (tested against it), for finite inputs; the op's non-finite contract is the op's, not this
+path's (the model stops on non-finite values before they matter).
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from hstu_kernels import bias_lookup, hstu_mask_padded, relative_position_index
+from .blocked_attention import MASKED_BIAS, blocked_attention, blocked_attention_rows
+
+
+# rows per block when build() is not told (None: row_blocks' default); tests set it to split small batches
+DEFAULT_BLOCK_ROWS: Optional[int] = None
+
+
+def row_blocks(max_len: int, block_rows: Optional[int] = None) -> List[Tuple[int, int]]:
+    """``[(r0, r1), ...]``: the query-row blocks of a padded length ``max_len``. Default: 4 blocks (rounded up to
+    8 rows; at least 16), which computes ``~(1 + 2 + 3 + 4) / 16`` of the square at a handful of ops per block."""
+    if block_rows is None:
+        block_rows = DEFAULT_BLOCK_ROWS
+    if block_rows is None:
+        block_rows = max(16, -(-max_len // 32) * 8)
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    return [(r0, min(r0 + block_rows, max_len)) for r0 in range(0, max_len, block_rows)]
 
 
 @dataclass
 class AttentionPlan:
-    """One batch's padded layout, mask and bias index, shared by every block.
+    """One batch's padded layout, and its mask and bias index by blocks of query rows, shared by every block.
 
-    ``rows [L]``: each jagged row's index in the padded ``[B * N]`` layout. ``valid [B, 1, N, N]`` bool.
-    ``bias_index [B, N, N]`` int64 into the flattened ``[2 * max_seq_len - 1, num_buckets]`` table
-    (``rel * num_buckets + bucket``; ``num_buckets`` is 1 without time bias), or None without any bias.
+    ``rows [L]``: each jagged row's index in the padded ``[B * N]`` layout. ``blocks``: ``(r0, r1, index)`` with
+    ``index [B, r1 - r0, r1]`` int32 into the flattened ``[(2 * max_seq_len - 1) * num_buckets + 1]`` table
+    (``rel * num_buckets + bucket``; ``num_buckets`` is 1 without time bias; the last entry is the masked pair).
+    ``pq, pk [B, N]`` int32: the encoded query and key positions ``index`` is computed from (padded rows and
+    keys encoded so that they are masked), ``qts, ts [B, N]`` the rebased query and key times (None without time
+    bias), ``pad [B, N]`` bool: padded tokens.
     """
 
     rows: torch.Tensor
     batch: int
     max_len: int
     max_seq_len: int
-    valid: torch.Tensor
-    bias_index: Optional[torch.Tensor]
+    blocks: List[Tuple[int, int, torch.Tensor]]
+    pq: torch.Tensor
+    pk: torch.Tensor
+    qts: Optional[torch.Tensor]
+    ts: Optional[torch.Tensor]
+    pad: torch.Tensor
+    time_boundaries: Optional[torch.Tensor]
     num_buckets: int
+    window: int
     with_pos: bool
     with_time: bool
+
+    @property
+    def num_entries(self) -> int:
+        """Entries of the flattened table without the masked one: ``(2 * max_seq_len - 1) * num_buckets``."""
+        return (2 * self.max_seq_len - 1) * self.num_buckets
 
     @classmethod
     def build(cls, seq_offsets, max_seq_len: int, max_len: int, *, timestamps=None, query_timestamps=None,
               time_boundaries=None, num_targets=None, max_attn_len: int = 0, with_pos: bool = True,
-              with_time: bool = True):
+              with_time: bool = True, block_rows: Optional[int] = None):
         """``seq_offsets [B+1]``, ``timestamps [L]`` int64 (None: no time bias), ``query_timestamps [L]`` (the
         query side of the time bias; None: ``timestamps``), ``num_targets [B]``; ``max_len``: the longest segment
-        (the caller knows it without a host sync)."""
+        (the caller knows it without a host sync); ``block_rows``: query rows per block (``row_blocks``)."""
         device = seq_offsets.device
         lengths = seq_offsets[1:] - seq_offsets[:-1]
-        B, N = lengths.shape[0], max_len
+        B, N, M = lengths.shape[0], max_len, max_seq_len
         ar = torch.arange(N, device=device)
         tok = ar[None, :] < lengths[:, None]
         rows = (torch.arange(B, device=device)[:, None] * N + ar[None, :])[tok]
-        p, valid = hstu_mask_padded(lengths, N, num_targets=num_targets, max_attn_len=max_attn_len)
         with_time = with_time and timestamps is not None
         nb = len(time_boundaries) + 1 if with_time else 1
-        index = None
-        if with_pos:
-            index = relative_position_index(p, max_seq_len).mul_(nb)
+        # the op's positions: a target sits at the first target's position
+        u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
+        p = torch.minimum(ar[None, :], u[:, None])
+        # pq - pk = (p_i - p_j + M - 1) * nb: the relative-position entry; a pair is valid when p_j < p_i (and
+        # within the window), and the encodings of padded queries (-N - 1) and keys (2M) are never valid
+        pq = ((torch.where(tok, p, -N - 1) + M - 1) * nb).to(torch.int32)
+        pk = (torch.where(tok, p, 2 * M) * nb).to(torch.int32)
+        ts = qts = bounds = None
         if with_time:
             ts = _pad(timestamps.to(torch.int64), rows, B, N)
             qts = ts if query_timestamps is None else _pad(query_timestamps.to(torch.int64), rows, B, N)
             # rebased per sequence so that the gaps fit int32 (half the memory traffic of int64)
             first = ts[:, :1].clone()
             ts, qts = ts - first, qts - first
+            bounds = time_boundaries.to(torch.int64)
             # one host sync for both
             big = int(torch.maximum(ts.abs().max(), qts.abs().max())) if ts.numel() else 2**30
             if big < 2**30:
                 ts, qts = ts.to(torch.int32), qts.to(torch.int32)
-                time_boundaries = time_boundaries.clamp(max=2**31 - 1).to(torch.int32)
-            bucket = torch.bucketize((qts[:, :, None] - ts[:, None, :]).abs_(), time_boundaries, right=True)
-            index = bucket if index is None else index.add_(bucket)
-        return cls(rows, B, N, max_seq_len, valid[:, None], index, nb, with_pos, with_time)
+                bounds = bounds.clamp(max=2**31 - 1).to(torch.int32)
+        plan = cls(rows, B, N, M, [], pq, pk, qts, ts, ~tok, bounds, nb, max_attn_len, with_pos, with_time)
+        for r0, r1 in row_blocks(N, block_rows):
+            plan.blocks.append((r0, r1, plan._block_index(r0, r1)))
+        return plan
+
+    def _index(self, pq, pk, qts, ts):
+        """The masked table index of queries against keys: ``pq, qts [..., c, 1]``, ``pk, ts [..., 1, K]`` ->
+        (``index [..., c, K]`` int32, not yet masked; ``masked [..., c, K]`` bool, the diagonal not yet valid)."""
+        index = pq - pk
+        lowest = (self.max_seq_len - 1) * self.num_buckets  # relative position 0
+        masked = index <= lowest
+        if self.window > 0:
+            masked |= index > lowest + self.window * self.num_buckets
+        if self.with_time:
+            dt = (qts - ts).abs_()
+            index += torch.bucketize(dt, self.time_boundaries, right=True, out_int32=True)
+        return index, masked
+
+    def _block_index(self, r0: int, r1: int) -> torch.Tensor:
+        """``[B, r1 - r0, r1]`` int32: query rows ``[r0, r1)`` against keys ``[0, r1)``."""
+        t = self.with_time
+        index, masked = self._index(self.pq[:, r0:r1, None], self.pk[:, None, :r1],
+                                    self.qts[:, r0:r1, None] if t else None, self.ts[:, None, :r1] if t else None)
+        # a token sees itself (relative position 0); a padded one sees nothing
+        masked.diagonal(offset=r0, dim1=1, dim2=2).copy_(self.pad[:, r0:r1])
+        return index.masked_fill_(masked, self.num_entries)
+
+    def row_index(self, b: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """``[R, N]`` int32: the masked index of the padded query rows ``(b, i)`` (``[R]`` each) against every key."""
+        t = self.with_time
+        index, masked = self._index(self.pq[b, i][:, None], self.pk[b], self.qts[b, i][:, None] if t else None,
+                                    self.ts[b] if t else None)
+        own = torch.arange(self.max_len, device=b.device)[None, :] == i[:, None]
+        masked.masked_fill_(own, False).logical_or_(own & self.pad[b, i][:, None])
+        return index.masked_fill_(masked, self.num_entries)
 
     def head(self, segments: int, tokens: int) -> "AttentionPlan":
         """The plan of the batch's first ``segments`` segments alone (their ``tokens`` jagged rows come first)."""
-        return AttentionPlan(self.rows[:tokens], segments, self.max_len, self.max_seq_len, self.valid[:segments],
-                             None if self.bias_index is None else self.bias_index[:segments], self.num_buckets,
-                             self.with_pos, self.with_time)
+        t = self.with_time
+        return AttentionPlan(
+            self.rows[:tokens], segments, self.max_len, self.max_seq_len,
+            [(r0, r1, idx[:segments]) for r0, r1, idx in self.blocks], self.pq[:segments], self.pk[:segments],
+            self.qts[:segments] if t else None, self.ts[:segments] if t else None, self.pad[:segments],
+            self.time_boundaries, self.num_buckets, self.window, self.with_pos, self.with_time,
+        )
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
+    def pad_rows(self, x: torch.Tensor) -> torch.Tensor:
         """``x [L, ...]`` -> ``[B, N, ...]`` (zeros past each length)."""
         return _pad(x, self.rows, self.batch, self.max_len)
 
-    def bias(self, pos_weight, time_weight, dtype) -> Optional[torch.Tensor]:
-        """``[B, Hb, N, N]`` from the block's tables (``pos_weight [Hb, 2N - 1]``, ``time_weight [Hb, nb]``)."""
-        table = self._table(pos_weight, time_weight)
-        return None if table is None else bias_lookup(table.to(dtype), self.bias_index)
-
-    def _table(self, pos_weight, time_weight) -> Optional[torch.Tensor]:
-        """The flattened table ``[Hb, E]`` that ``bias_index`` reads (None without any bias)."""
-        if self.bias_index is None:
-            return None
+    def table(self, pos_weight, time_weight, dtype) -> torch.Tensor:
+        """``[Hb, num_entries + 1]``: the flattened position x time-bucket table that the index reads, with the
+        masked entry last (``pos_weight [Hb, 2 max_seq_len - 1]``, ``time_weight [Hb, num_buckets]``; a table
+        not given reads as zeros)."""
         if (pos_weight is not None) != self.with_pos or (time_weight is not None) != self.with_time:
             raise ValueError("AttentionPlan: the block's bias tables differ from the ones the plan was built for")
-        if self.with_pos and self.with_time:
-            return (pos_weight[:, :, None] + time_weight[:, None, :]).flatten(1)
-        return pos_weight if self.with_pos else time_weight
+        given = [w for w in (pos_weight, time_weight) if w is not None]
+        hb = given[0].shape[0] if given else 1
+        device = self.pq.device
+        pos = pos_weight.to(dtype) if self.with_pos else torch.zeros(hb, 2 * self.max_seq_len - 1, dtype=dtype,
+                                                                     device=device)
+        flat = pos[:, :, None] + time_weight.to(dtype)[:, None, :] if self.with_time else pos[:, :, None]
+        masked = torch.full((hb, 1), MASKED_BIAS, dtype=dtype, device=device)
+        return torch.cat([flat.flatten(1), masked], dim=1)
 
     def attention(self, q, k, v, *, alpha: float = 1.0, pos_weight=None, time_weight=None) -> torch.Tensor:
         """``q, k, v [L, H, d]`` -> ``[L, H, d]``: ``sum_valid SiLU(alpha q.k + bias) v / max_seq_len``."""
         compute = torch.promote_types(q.dtype, torch.float32)
-        qp, kp, vp = (self.pad(t.to(compute)).transpose(1, 2) for t in (q, k, v))  # [B, H, N, d]
-        s = torch.matmul(qp, kp.transpose(-1, -2))
-        if alpha != 1.0:
-            s = s * alpha
-        bias = self.bias(pos_weight, time_weight, compute)
-        if bias is not None:
-            s = s + bias
-        a = torch.where(self.valid, F.silu(s), torch.zeros((), dtype=compute, device=s.device))
-        out = torch.matmul(a, vp) / self.max_seq_len  # [B, H, N, d]
+        qp, kp, vp = (self.pad_rows(t.to(compute)).transpose(1, 2) for t in (q, k, v))  # [B, H, N, d]
+        table = self.table(pos_weight, time_weight, compute)
+        out = blocked_attention(qp, kp, vp, table, self.blocks, alpha, 1.0 / self.max_seq_len)  # [B, H, N, d]
         flat = out.transpose(1, 2).reshape(self.batch * self.max_len, *q.shape[1:-1], v.shape[-1])
         return _Rows.apply(flat, self.rows).to(q.dtype)
 
@@ -120,15 +188,10 @@ class AttentionPlan:
         compute = torch.promote_types(q.dtype, torch.float32)
         flat = self.rows[query_rows]
         b, i = flat // self.max_len, flat % self.max_len
-        kp, vp = (self.pad(t.to(compute)).transpose(1, 2)[b] for t in (k, v))  # [R, H, N, d]
-        s = torch.matmul(q.to(compute)[:, :, None, :], kp.transpose(-1, -2))[:, :, 0]  # [R, H, N]
-        if alpha != 1.0:
-            s = s * alpha
-        table = self._table(pos_weight, time_weight)
-        if table is not None:
-            s = s + bias_lookup(table.to(compute), self.bias_index[b, i][:, None])[:, :, 0]  # [R, Hb, N]
-        a = torch.where(self.valid[b, 0, i][:, None], F.silu(s), torch.zeros((), dtype=compute, device=s.device))
-        out = torch.matmul(a[:, :, None, :], vp)[:, :, 0] / self.max_seq_len  # [R, H, d]
+        kp, vp = (self.pad_rows(t.to(compute)).transpose(1, 2) for t in (k, v))  # [B, H, N, d]
+        table = self.table(pos_weight, time_weight, compute)
+        out = blocked_attention_rows(q.to(compute), kp, vp, b, self.row_index(b, i), table, alpha,
+                                     1.0 / self.max_seq_len)
         return out.to(q.dtype)
 
 

@@ -11,6 +11,7 @@ from .bias import TIME_BUCKETS
 from .config import ModelConfig, saved_model_fields
 from .encoder import HSTUEncoder
 from .kv_cache import KVCache
+from .products_lse import products_logsumexp
 
 
 @dataclass
@@ -121,8 +122,9 @@ class HSTURecommender(nn.Module):
             neg_lse = torch.logsumexp(neg_logit / self.config.temperature, dim=1)
         else:
             seg = torch.repeat_interleave(torch.arange(B, device=out.device), lengths, output_size=out.shape[0])
+            # unit vectors: every score lies within +-1 / temperature
             neg_lse = _shared_negatives_lse(u / self.config.temperature, pos, rows, seg.index_select(0, rows),
-                                            seq_offsets, negs, table)
+                                            seq_offsets, negs, table, bound=1.0 / self.config.temperature)
         # log(exp(pos) + sum over the negatives that are not the positive of exp(neg)) - pos
         loss = torch.logaddexp(pos_logit, neg_lse) - pos_logit
         return loss.sum() if reduction == "sum" else loss.mean()
@@ -180,7 +182,8 @@ def _rowwise_logits(u: torch.Tensor, table: torch.Tensor, negs: torch.Tensor, bu
 
 
 def _shared_negatives_lse(u: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, row_seq: torch.Tensor,
-                          seq_offsets: torch.Tensor, negs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+                          seq_offsets: torch.Tensor, negs: torch.Tensor, table: torch.Tensor,
+                          bound: Optional[float] = None) -> torch.Tensor:
     """``logsumexp`` over each labelled row's sequence negatives, leaving out those equal to its positive.
 
     ``u [R, D]`` (scaled) user vectors of the labelled token ``rows [R]`` of sequences ``row_seq [R]``, positives
@@ -199,8 +202,7 @@ def _shared_negatives_lse(u: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
     kept_negs = negs[keep]  # [B', K]
     u_pad = u.new_zeros(kept * T, u.shape[1]).index_copy(0, flat, u).view(kept, T, -1)
     items = table.index_select(0, kept_negs.reshape(-1)).view(kept, K, -1)
-    scores = torch.bmm(u_pad, items.transpose(1, 2)).view(kept * T, K)
-    lse = torch.logsumexp(scores, dim=1).index_select(0, flat)
+    lse = products_logsumexp(u_pad, items, bound).view(kept * T).index_select(0, flat)
     # the rows whose positive is among their sequence's negatives: search (sequence, item) keys
     span = int(table.shape[0])
     keys = (torch.arange(kept, device=u.device)[:, None] * span + kept_negs).reshape(-1).sort().values
@@ -208,9 +210,18 @@ def _shared_negatives_lse(u: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
     found = torch.searchsorted(keys, want).clamp_(max=keys.shape[0] - 1)
     hit = (keys.index_select(0, found) == want).nonzero().squeeze(1)
     if hit.shape[0]:
+        # scored again as one small [B', hits, D] x [B', D, K] product (the hits come in sequence order): a
+        # gather of their sequences' [hits, K, D] item vectors would cost a scatter-add as large in the backward
+        hit_seq = seq.index_select(0, hit)
+        counts = torch.bincount(hit_seq, minlength=kept)
+        slot = torch.arange(hit.shape[0], device=u.device) - (counts.cumsum(0) - counts).index_select(0, hit_seq)
+        width = int(counts.max())
+        at_hit = hit_seq * width + slot
+        u_hit = u.new_zeros(kept * width, u.shape[1]).index_copy(0, at_hit, u.index_select(0, hit))
+        fixed = torch.bmm(u_hit.view(kept, width, -1), items.transpose(1, 2)).view(kept * width, K)
+        fixed = fixed.index_select(0, at_hit)
+        mask = kept_negs.index_select(0, hit_seq) == pos.index_select(0, hit)[:, None]
         # finfo.min, not -inf: a row whose negatives are all its positive then sums to ~0, with finite gradients
-        fixed = scores.index_select(0, flat.index_select(0, hit))
-        mask = kept_negs.index_select(0, seq.index_select(0, hit)) == pos.index_select(0, hit)[:, None]
         fixed = fixed.masked_fill(mask, torch.finfo(fixed.dtype).min)
         lse = lse.index_copy(0, hit, torch.logsumexp(fixed, dim=1))
     return lse

@@ -352,14 +352,16 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
             batch = training_batch(seqs, users, model_cfg.max_seq_len, cfg.num_targets, rng, part).to(device)
             with amp:
                 tgt = batch.ratings > 0
+                target_rows = tgt.nonzero().squeeze(1)
                 if SKIP_UNUSED_ROWS and not model_cfg.fused:
                     # the retrieval segments (the first half) need every row, the rating segments only their
                     # targets: the last block skips the other rows' attention (their outputs are zero, unused)
                     retrieval_segments = (batch.seq_offsets.numel() - 1) // 2
-                    out = net(batch, rows=tgt.nonzero().squeeze(1), dense_segments=retrieval_segments)
+                    out = net(batch, rows=target_rows, dense_segments=retrieval_segments)
                 else:
                     out = net(batch)
-                rating_pred = model.predict_ratings(out[tgt])
+                # index_select, not out[tgt]: its gradient is an index_add rather than a sorting index_put
+                rating_pred = model.predict_ratings(out.index_select(0, target_rows))
             if ctx.active:
                 retrieval, rating = _sharded_losses(model, ctx, batch, out, rating_pred, tgt, len(users), device)
             else:

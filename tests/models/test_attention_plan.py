@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hstu.attention_plan import AttentionPlan
+from hstu import attention_plan
+from hstu.attention_plan import AttentionPlan, row_blocks
 from hstu.encoder import HSTUEncoder
 from hstu.jagged import lengths_to_offsets
 from hstu_kernels import hstu_attention
@@ -13,7 +14,7 @@ BOUNDARIES = torch.tensor([30, 600, 86400, 10**7])
 
 
 def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype=torch.float64, span=10**6,
-                with_query=False, return_plan=False):
+                with_query=False, return_plan=False, block_rows=None):
     g = torch.Generator().manual_seed(seed)
     offsets = lengths_to_offsets(torch.tensor(lengths))
     L, H, d = sum(lengths), 2, 4
@@ -29,7 +30,8 @@ def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype
                          num_targets=nt, max_attn_len=max_attn_len, backend="torch", **kw)
     plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, max(lengths, default=0), timestamps=ts, query_timestamps=qts,
                                time_boundaries=BOUNDARIES if with_time else None, num_targets=nt,
-                               max_attn_len=max_attn_len, with_pos=with_pos, with_time=with_time)
+                               max_attn_len=max_attn_len, with_pos=with_pos, with_time=with_time,
+                               block_rows=block_rows)
     out = plan.attention(q, k, v, **kw)
     leaves = [t for t in (q, k, v, pos, tw) if t is not None]
     if return_plan:
@@ -49,11 +51,14 @@ CASES = [
 ]
 
 
+# block_rows 1 and 5: several blocks of query rows, the last one short (12 = 2 * 5 + 2)
+@pytest.mark.parametrize("block_rows", [None, 1, 5])
 @pytest.mark.parametrize("with_query", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_plan_matches_op_outputs_and_gradients(case, with_query):
+def test_plan_matches_op_outputs_and_gradients(case, with_query, block_rows):
     lengths, targets, window, with_pos, with_time = CASES[case]
-    ref, out, leaves = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case, with_query=with_query)
+    ref, out, leaves = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case, with_query=with_query,
+                                   block_rows=block_rows)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     if ref.numel() == 0:
         return
@@ -79,8 +84,10 @@ def test_plan_rejects_tables_it_was_not_built_for():
         plan.attention(q, q, q, pos_weight=torch.zeros(1, 23), time_weight=torch.zeros(1, 5))
 
 
+@pytest.mark.parametrize("block_rows", [None, 5])
 @pytest.mark.parametrize("max_attn_len", [0, 4])
-def test_encoder_with_and_without_plan_agree(monkeypatch, max_attn_len):
+def test_encoder_with_and_without_plan_agree(monkeypatch, max_attn_len, block_rows):
+    monkeypatch.setattr(attention_plan, "DEFAULT_BLOCK_ROWS", block_rows)
     torch.manual_seed(0)
     enc = HSTUEncoder(40, 4, dim=16, num_layers=2, num_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.0,
                       max_attn_len=max_attn_len, per_head_bias=True)
@@ -160,10 +167,11 @@ def test_encoder_output_rows_equal_the_full_outputs_rows(monkeypatch, use_plan):
         enc(items, actions, offsets, ts, targets, output_rows=torch.tensor([L]))
 
 
-@pytest.mark.parametrize("use_plan", [True, False])
-def test_encoder_dense_segments_and_rows_match_the_full_forward(monkeypatch, use_plan):
+@pytest.mark.parametrize("use_plan,block_rows", [(True, None), (True, 4), (False, None)])
+def test_encoder_dense_segments_and_rows_match_the_full_forward(monkeypatch, use_plan, block_rows):
     # the training step's layout: retrieval segments first (every row), then rating segments (targets only)
     monkeypatch.setattr(HSTUEncoder, "use_plan", use_plan)
+    monkeypatch.setattr(attention_plan, "DEFAULT_BLOCK_ROWS", block_rows)
     torch.manual_seed(2)
     enc, items, actions, offsets, ts = random_batch_encoder([7, 1, 12, 4, 0, 9])
     L = items.shape[0]
@@ -191,3 +199,36 @@ def test_encoder_dense_segments_and_rows_match_the_full_forward(monkeypatch, use
         enc(items, actions, offsets, ts, targets, output_rows=torch.tensor([5]), dense_segments=dense)
     with pytest.raises(ValueError, match="needs output_rows"):
         enc(items, actions, offsets, ts, targets, dense_segments=dense)
+
+
+def test_row_blocks_tile_the_rows():
+    for n in (0, 1, 7, 16, 17, 200, 203):
+        for rows in (None, 1, 5, 64):
+            blocks = row_blocks(n, rows)
+            assert [r for r0, r1 in blocks for r in range(r0, r1)] == list(range(n))
+    assert len(row_blocks(200)) == 4 and len(row_blocks(12)) == 1
+    with pytest.raises(ValueError, match="block_rows"):
+        row_blocks(10, 0)
+
+
+def test_plan_float32_mask_entry_matches_the_op():
+    # float32 (the training dtype): the masked pairs read the table's last entry, -1e30, where SiLU and its
+    # derivative must be exactly 0 even next to large scores; outputs and every gradient match the op's
+    g = torch.Generator().manual_seed(7)
+    lengths, targets = [6, 9, 1], torch.tensor([2, 0, 0])
+    offsets = lengths_to_offsets(torch.tensor(lengths))
+    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, 9, num_targets=targets, with_time=False, block_rows=4)
+    q, k, v = (30 * torch.randn(16, 1, 4, generator=g) for _ in range(3))
+    pos = torch.randn(1, 2 * MAX_SEQ_LEN - 1, generator=g)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, pos)]
+    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v, pos)]
+    out = plan.attention(*leaves[:3], pos_weight=leaves[3])
+    ref = hstu_attention(*ref_leaves[:3], offsets, MAX_SEQ_LEN, num_targets=targets, pos_weight=ref_leaves[3],
+                         backend="torch")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    grad = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(ref, ref_leaves, grad)
+    for name, a, b in zip("q k v pos".split(), got, want):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3, msg=lambda m: f"{name}: {m}")
