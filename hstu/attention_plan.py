@@ -41,8 +41,9 @@ def row_blocks(max_len: int, block_rows: Optional[int] = None) -> List[Tuple[int
 class AttentionPlan:
     """One batch's padded layout, and its mask and bias index by blocks of query rows, shared by every block.
 
-    ``rows [L]``: each jagged row's index in the padded ``[B * N]`` layout. ``blocks``: ``(r0, r1, index)`` with
-    ``index [B, r1 - r0, r1]`` int32 into the flattened ``[(2 * max_seq_len - 1) * num_buckets + 1]`` table
+    ``rows [L]``: each jagged row's index in the padded ``[B * N]`` layout (whose slots hold the segments longest
+    first, see ``build``). ``blocks``: ``(s0, s1, r0, r1, index)`` with ``index [s1 - s0, r1 - r0, r1]`` int32:
+    slots ``[s0, s1)``, query rows ``[r0, r1)`` against keys ``[0, r1)``, into the flattened ``[(2 * max_seq_len - 1) * num_buckets + 1]`` table
     (``rel * num_buckets + bucket``; ``num_buckets`` is 1 without time bias; the last entry is the masked pair).
     ``pq, pk [B, N]`` int32: the encoded query and key positions ``index`` is computed from (padded rows and
     keys encoded so that they are masked), ``qts, ts [B, N]`` the rebased query and key times (None without time
@@ -64,6 +65,8 @@ class AttentionPlan:
     window: int
     with_pos: bool
     with_time: bool
+    head_segments: int = 0
+    times_in_order: bool = False
 
     @property
     def num_entries(self) -> int:
@@ -73,63 +76,112 @@ class AttentionPlan:
     @classmethod
     def build(cls, seq_offsets, max_seq_len: int, max_len: int, *, timestamps=None, query_timestamps=None,
               time_boundaries=None, num_targets=None, max_attn_len: int = 0, with_pos: bool = True,
-              with_time: bool = True, block_rows: Optional[int] = None):
+              with_time: bool = True, block_rows: Optional[int] = None, head_segments: int = 0):
         """``seq_offsets [B+1]``, ``timestamps [L]`` int64 (None: no time bias), ``query_timestamps [L]`` (the
         query side of the time bias; None: ``timestamps``), ``num_targets [B]``; ``max_len``: the longest segment
-        (the caller knows it without a host sync); ``block_rows``: query rows per block (``row_blocks``)."""
+        (the caller knows it without a host sync); ``block_rows``: query rows per block (``row_blocks``);
+        ``head_segments``: the first segments, which ``head`` can then take alone (0: no head).
+
+        The padded layout holds the segments longest first (the head's among themselves, then the others'), so
+        that a block of query rows ``[r0, r1)`` spans only the segments longer than ``r0``: a batch of mixed
+        lengths (the training step's rating segments end at random cuts) computes little padding.
+        """
         device = seq_offsets.device
         lengths = seq_offsets[1:] - seq_offsets[:-1]
         B, N, M = lengths.shape[0], max_len, max_seq_len
+        if not 0 <= head_segments <= B:
+            raise ValueError(f"head_segments must lie in [0, {B}], got {head_segments}")
+        groups = [(0, head_segments), (head_segments, B)] if 0 < head_segments < B else [(0, B)]
+        # slot s of the padded layout holds segment order[s]; one host sync for the lengths and the token count
+        order = torch.cat([g0 + torch.argsort(lengths[g0:g1], descending=True, stable=True) for g0, g1 in groups])
+        slot_len = lengths.index_select(0, order)
+        host = torch.cat([slot_len, seq_offsets[-1:]]).tolist() if B else [0]
+        slot_of = torch.empty_like(order).index_copy_(0, order, torch.arange(B, device=device))
+        L = int(host[-1])
+        seg = torch.repeat_interleave(torch.arange(B, device=device), lengths, output_size=L)
+        rows = slot_of.index_select(0, seg) * N + torch.arange(L, device=device) - seq_offsets[:-1].index_select(0, seg)
         ar = torch.arange(N, device=device)
-        tok = ar[None, :] < lengths[:, None]
-        rows = (torch.arange(B, device=device)[:, None] * N + ar[None, :])[tok]
+        tok = ar[None, :] < slot_len[:, None]
         with_time = with_time and timestamps is not None
         nb = len(time_boundaries) + 1 if with_time else 1
         # the op's positions: a target sits at the first target's position
-        u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
+        u = slot_len if num_targets is None else slot_len - num_targets.to(lengths.dtype).index_select(0, order)
         p = torch.minimum(ar[None, :], u[:, None])
         # pq - pk = (p_i - p_j + M - 1) * nb: the relative-position entry; a pair is valid when p_j < p_i (and
         # within the window), and the encodings of padded queries (-N - 1) and keys (2M) are never valid
         pq = ((torch.where(tok, p, -N - 1) + M - 1) * nb).to(torch.int32)
         pk = (torch.where(tok, p, 2 * M) * nb).to(torch.int32)
         ts = qts = bounds = None
+        ordered = False
         if with_time:
-            ts = _pad(timestamps.to(torch.int64), rows, B, N)
-            qts = ts if query_timestamps is None else _pad(query_timestamps.to(torch.int64), rows, B, N)
+            tj = timestamps.to(torch.int64)
+            qj = tj if query_timestamps is None else query_timestamps.to(torch.int64)
+            ts, qts = _pad(tj, rows, B, N), _pad(qj, rows, B, N)
             # rebased per sequence so that the gaps fit int32 (half the memory traffic of int64)
             first = ts[:, :1].clone()
             ts, qts = ts - first, qts - first
             bounds = time_boundaries.to(torch.int64)
+            # times in order within each segment, and every query at or after its own event: then each query
+            # row's gaps fall along the keys, and its buckets are counted from one search per boundary
+            starts = torch.zeros(L + 1, dtype=torch.bool, device=device).index_fill_(0, seq_offsets[:-1], True)
+            in_order = ((tj[1:] >= tj[:-1]) | starts[1:L]).all() & (qj >= tj).all()
             # one host sync for both
-            big = int(torch.maximum(ts.abs().max(), qts.abs().max())) if ts.numel() else 2**30
+            span = torch.maximum(ts.abs().max(), qts.abs().max()) if ts.numel() else ts.new_tensor(2**30)
+            big, ordered = (int(x) for x in torch.stack([span, in_order.to(span.dtype)]).tolist())
+            sentinel = 2**62
             if big < 2**30:
                 ts, qts = ts.to(torch.int32), qts.to(torch.int32)
                 bounds = bounds.clamp(max=2**31 - 1).to(torch.int32)
-        plan = cls(rows, B, N, M, [], pq, pk, qts, ts, ~tok, bounds, nb, max_attn_len, with_pos, with_time)
-        for r0, r1 in row_blocks(N, block_rows):
-            plan.blocks.append((r0, r1, plan._block_index(r0, r1)))
+                sentinel = 2**30 - 1  # above every rebased time; its gaps still fit int32
+            # padded keys sort last
+            ts = ts.masked_fill_(~tok, sentinel)
+        plan = cls(rows, B, N, M, [], pq, pk, qts, ts, ~tok, bounds, nb, max_attn_len, with_pos, with_time,
+                   head_segments, bool(ordered))
+        for g0, g1 in groups:
+            longest = host[g0] if g1 > g0 else 0
+            for r0, r1 in row_blocks(longest, block_rows):
+                # the group's segments longer than r0 (they come first)
+                s1 = g0 + sum(1 for n in host[g0:g1] if n > r0)
+                plan.blocks.append((g0, s1, r0, r1, plan._block_index(g0, s1, r0, r1)))
         return plan
 
     def _index(self, pq, pk, qts, ts):
-        """The masked table index of queries against keys: ``pq, qts [..., c, 1]``, ``pk, ts [..., 1, K]`` ->
-        (``index [..., c, K]`` int32, not yet masked; ``masked [..., c, K]`` bool, the diagonal not yet valid)."""
-        index = pq - pk
+        """The table index of queries against keys: ``pq, qts [X, c]``, ``pk, ts [X, K]`` -> (``index [X, c, K]``
+        int32, not yet masked; ``masked [X, c, K]`` bool, the diagonal not yet valid)."""
+        index = pq[:, :, None] - pk[:, None, :]
         lowest = (self.max_seq_len - 1) * self.num_buckets  # relative position 0
         masked = index <= lowest
         if self.window > 0:
             masked |= index > lowest + self.window * self.num_buckets
         if self.with_time:
-            dt = (qts - ts).abs_()
-            index += torch.bucketize(dt, self.time_boundaries, right=True, out_int32=True)
+            index += self._buckets(qts, ts)
         return index, masked
 
-    def _block_index(self, r0: int, r1: int) -> torch.Tensor:
-        """``[B, r1 - r0, r1]`` int32: query rows ``[r0, r1)`` against keys ``[0, r1)``."""
-        t = self.with_time
-        index, masked = self._index(self.pq[:, r0:r1, None], self.pk[:, None, :r1],
-                                    self.qts[:, r0:r1, None] if t else None, self.ts[:, None, :r1] if t else None)
+    def _buckets(self, qts, ts):
+        """``[X, c, K]`` int32 time buckets of ``|qts_i - ts_j|`` (``qts [X, c]``, ``ts [X, K]``), exact on every
+        pair the mask keeps (key at or before query)."""
+        bounds = self.time_boundaries
+        if not self.times_in_order:
+            return torch.bucketize((qts[:, :, None] - ts[:, None, :]).abs_(), bounds, right=True, out_int32=True)
+        # keys in time order, and a kept pair's gap is qts_i - ts_j >= 0: key j is in bucket >= m iff
+        # j < count_m = #{keys with ts <= qts_i - bounds[m]}, so bucket_ij = #{m : count_m > j}, a cumulative sum
+        # of -1 at each count (nb - 1 at 0) along the keys
+        X, c = qts.shape
+        K, nbounds = ts.shape[1], bounds.shape[0]
+        cuts = (qts[:, :, None] - bounds[None, None, :]).reshape(X, c * nbounds)
+        counts = torch.searchsorted(ts.contiguous(), cuts, right=True).view(X, c, nbounds)
+        steps = torch.zeros(X, c, K + 1, dtype=torch.int32, device=ts.device)
+        steps[:, :, 0] = nbounds
+        steps.scatter_add_(2, counts, steps.new_full((1, 1, 1), -1).expand(X, c, nbounds))
+        return steps.cumsum(2, dtype=torch.int32)[:, :, :K]
+
+    def _block_index(self, s0: int, s1: int, r0: int, r1: int) -> torch.Tensor:
+        """``[s1 - s0, r1 - r0, r1]`` int32: slots ``[s0, s1)``, query rows ``[r0, r1)`` against keys ``[0, r1)``."""
+        t, sl = self.with_time, slice(s0, s1)
+        index, masked = self._index(self.pq[sl, r0:r1], self.pk[sl, :r1], self.qts[sl, r0:r1] if t else None,
+                                    self.ts[sl, :r1] if t else None)
         # a token sees itself (relative position 0); a padded one sees nothing
-        masked.diagonal(offset=r0, dim1=1, dim2=2).copy_(self.pad[:, r0:r1])
+        masked.diagonal(offset=r0, dim1=1, dim2=2).copy_(self.pad[sl, r0:r1])
         return index.masked_fill_(masked, self.num_entries)
 
     def row_index(self, b: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -137,18 +189,25 @@ class AttentionPlan:
         t = self.with_time
         index, masked = self._index(self.pq[b, i][:, None], self.pk[b], self.qts[b, i][:, None] if t else None,
                                     self.ts[b] if t else None)
+        index, masked = index[:, 0], masked[:, 0]
         own = torch.arange(self.max_len, device=b.device)[None, :] == i[:, None]
         masked.masked_fill_(own, False).logical_or_(own & self.pad[b, i][:, None])
         return index.masked_fill_(masked, self.num_entries)
 
     def head(self, segments: int, tokens: int) -> "AttentionPlan":
-        """The plan of the batch's first ``segments`` segments alone (their ``tokens`` jagged rows come first)."""
-        t = self.with_time
+        """The plan of the batch's first ``segments`` segments alone (their ``tokens`` jagged rows come first):
+        ``segments`` must be the ``head_segments`` the plan was built with (or every segment)."""
+        if segments == self.batch:
+            return self
+        if segments != self.head_segments or segments == 0:
+            raise ValueError(f"AttentionPlan.head({segments}): the plan was built with head_segments="
+                             f"{self.head_segments}")
+        t, sl = self.with_time, slice(0, segments)
         return AttentionPlan(
             self.rows[:tokens], segments, self.max_len, self.max_seq_len,
-            [(r0, r1, idx[:segments]) for r0, r1, idx in self.blocks], self.pq[:segments], self.pk[:segments],
-            self.qts[:segments] if t else None, self.ts[:segments] if t else None, self.pad[:segments],
-            self.time_boundaries, self.num_buckets, self.window, self.with_pos, self.with_time,
+            [blk for blk in self.blocks if blk[1] <= segments], self.pq[sl], self.pk[sl],
+            self.qts[sl] if t else None, self.ts[sl] if t else None, self.pad[sl],
+            self.time_boundaries, self.num_buckets, self.window, self.with_pos, self.with_time, segments,
         )
 
     def pad_rows(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,13 +39,6 @@ def _gather(table: torch.Tensor, index: torch.Tensor, H: int) -> torch.Tensor:
     return bias.transpose(0, 1).expand(B, H, c, K).contiguous().view(B * H, c, K)
 
 
-def _grow(x: torch.Tensor, N: int) -> torch.Tensor:
-    """``x [n, r, d]`` -> ``[n, N, d]``, zeros past ``r``."""
-    if x.shape[1] == N:
-        return x
-    return torch.cat([x, x.new_zeros(x.shape[0], N - x.shape[1], x.shape[2])], dim=1)
-
-
 class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, blocks, alpha, scale):
@@ -53,13 +46,13 @@ class _BlockedAttention(torch.autograd.Function):
         Nk, dv = k.shape[2], v.shape[-1]
         q3, k3 = q.reshape(B * H, Nq, d), k.reshape(B * H, Nk, d)
         v3 = v.reshape(B * H, Nk, dv) * scale
-        out = q.new_empty(B * H, Nq, dv)  # the blocks tile the query rows
+        out = q.new_zeros(B * H, Nq, dv)
         saved = []
-        for r0, r1, index in blocks:
-            K = index.shape[2]
-            s = _gather(table, index, H).baddbmm_(q3[:, r0:r1], k3[:, :K].transpose(1, 2), alpha=alpha)
+        for s0, s1, r0, r1, index in blocks:
+            K, bh = index.shape[2], slice(s0 * H, s1 * H)
+            s = _gather(table, index, H).baddbmm_(q3[bh, r0:r1], k3[bh, :K].transpose(1, 2), alpha=alpha)
             a = F.silu(s)
-            out[:, r0:r1] = torch.bmm(a, v3[:, :K])
+            out[bh, r0:r1] = torch.bmm(a, v3[bh, :K])
             saved.append((s, a))
         ctx.blocks, ctx.saved, ctx.alpha, ctx.scale = blocks, saved, alpha, scale
         ctx.shapes = (B, H, Nq, Nk, d, dv, table.shape)
@@ -71,44 +64,35 @@ class _BlockedAttention(torch.autograd.Function):
         q3, k3, v3 = ctx.saved_tensors
         B, H, Nq, Nk, d, dv, (Hb, E) = ctx.shapes
         g3 = grad.reshape(B * H, Nq, dv)
-        dq = torch.empty_like(q3)
-        dk = dvv = None
+        dq, dk, dvv = torch.zeros_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
         dtable = g3.new_zeros(Hb, E)
-        # the block that reads the most keys starts dk and dv, the others' add onto their prefixes
-        order = sorted(zip(ctx.blocks, ctx.saved), key=lambda bs: -bs[0][2].shape[2])
-        for (r0, r1, index), (s, a) in order:
-            K = index.shape[2]
-            g = g3[:, r0:r1]
-            part_v = torch.bmm(a.transpose(1, 2), g)
-            ds = torch.bmm(g, v3[:, :K].transpose(1, 2))
+        for (s0, s1, r0, r1, index), (s, a) in zip(ctx.blocks, ctx.saved):
+            K, bh = index.shape[2], slice(s0 * H, s1 * H)
+            g = g3[bh, r0:r1]
+            dvv[bh, :K] += torch.bmm(a.transpose(1, 2), g)
+            ds = torch.bmm(g, v3[bh, :K].transpose(1, 2))
             ds = torch.ops.aten.silu_backward.grad_input(ds, s, grad_input=ds)
-            dq[:, r0:r1] = torch.bmm(ds, k3[:, :K])
-            part_k = torch.bmm(ds.transpose(1, 2), q3[:, r0:r1])
-            if dk is None:
-                dk, dvv = _grow(part_k, Nk), _grow(part_v, Nk)
-            else:
-                dk[:, :K] += part_k
-                dvv[:, :K] += part_v
-            per_head = ds.view(B, H, r1 - r0, K)
+            dq[bh, r0:r1] = torch.bmm(ds, k3[bh, :K])
+            dk[bh, :K] += torch.bmm(ds.transpose(1, 2), q3[bh, r0:r1])
+            per_head = ds.view(s1 - s0, H, r1 - r0, K)
             per_head = per_head.sum(1, keepdim=True) if Hb == 1 else per_head
             dtable += _table_grad(index, per_head.transpose(0, 1), E)
         ctx.saved = None
-        if dk is None:  # no query rows
-            dk, dvv = torch.zeros_like(k3), torch.zeros_like(v3)
         return (dq.mul_(ctx.alpha).view(B, H, Nq, d), dk.mul_(ctx.alpha).view(B, H, Nk, d),
                 dvv.mul_(ctx.scale).view(B, H, Nk, dv), dtable, None, None, None)
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-                      blocks: List[Tuple[int, int, torch.Tensor]], alpha: float, scale: float) -> torch.Tensor:
-    """``scale * sum_j SiLU(alpha q_i . k_j + table[index_ij]) v_j`` by blocks of query rows.
+                      blocks: List[Tuple[int, int, int, int, torch.Tensor]], alpha: float,
+                      scale: float) -> torch.Tensor:
+    """``scale * sum_j SiLU(alpha q_i . k_j + table[index_ij]) v_j`` over blocks of sequences and query rows.
 
     Args:
         q: ``[B, H, Nq, d]``; k: ``[B, H, Nk, d]``; v: ``[B, H, Nk, dv]``; one float dtype (float32 or float64).
         table: ``[Hb, E]`` (Hb in {1, H}), the flattened bias table with ``MASKED_BIAS`` at the masked entries.
-        blocks: ``(r0, r1, index)`` with ``index [B, r1 - r0, K]`` int32/int64 into the table: query rows
-            ``[r0, r1)`` against keys ``[0, K)`` (``K <= Nk``; keys past it weigh nothing). The blocks must tile
-            the query rows ``[0, Nq)``.
+        blocks: ``(s0, s1, r0, r1, index)`` with ``index [s1 - s0, r1 - r0, K]`` int32/int64 into the table:
+            sequences ``[s0, s1)``, query rows ``[r0, r1)``, against keys ``[0, K)`` (``K <= Nk``; later keys
+            weigh nothing). Query rows in no block get zeros.
 
     Returns:
         ``[B, H, Nq, dv]``; differentiable in q, k, v and the table.
@@ -139,5 +123,5 @@ def blocked_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b:
     masked = table.shape[1] - 1
     padded_index = index.new_full((B * W, N), masked).index_copy_(0, at, index).view(B, W, N)
     qp = q.new_zeros(B * W, H, d).index_copy(0, at, q).view(B, W, H, d).transpose(1, 2)
-    out = blocked_attention(qp, k, v, table, [(0, W, padded_index)], alpha, scale)  # [B, H, W, dv]
+    out = blocked_attention(qp, k, v, table, [(0, B, 0, W, padded_index)], alpha, scale)  # [B, H, W, dv]
     return out.transpose(1, 2).reshape(B * W, H, -1).index_select(0, at)

@@ -120,7 +120,7 @@ class HSTUEncoder(nn.Module):
                 query_timestamps=query_timestamps, num_targets=num_targets,
             )
         x = self._embed(items, actions, lambda: inverse_positions(seq_offsets, items.shape[0], num_targets))
-        plan = self._plan(seq_offsets, timestamps, num_targets, longest, query_timestamps)
+        plan = self._plan(seq_offsets, timestamps, num_targets, longest, query_timestamps, dense_segments)
         body = self.blocks if output_rows is None else self.blocks[:-1]
         for block in body:
             x = block(x, seq_offsets, timestamps, num_targets, check=False, plan=plan, query_timestamps=query_timestamps)
@@ -144,8 +144,10 @@ class HSTUEncoder(nn.Module):
         return last.forward_rows(x, output_rows, seq_offsets, timestamps, num_targets, check=False, plan=plan,
                                  query_timestamps=query_timestamps)
 
-    def _plan(self, seq_offsets, timestamps, num_targets, longest, query_timestamps=None) -> Optional[AttentionPlan]:
-        """The batch's shared attention plan for the unfused SiLU path (None: the blocks use the op)."""
+    def _plan(self, seq_offsets, timestamps, num_targets, longest, query_timestamps=None,
+              head_segments: int = 0) -> Optional[AttentionPlan]:
+        """The batch's shared attention plan for the unfused SiLU path (None: the blocks use the op);
+        ``head_segments``: the dense segments, which the last block attends alone."""
         first = self.blocks[0]
         if not self.use_plan or first.fused or first.attn_activation != "silu":
             return None
@@ -156,7 +158,7 @@ class HSTUEncoder(nn.Module):
             seq_offsets, self.max_seq_len, longest, timestamps=timestamps, query_timestamps=query_timestamps,
             time_boundaries=kw.get("time_boundaries"),
             num_targets=num_targets, max_attn_len=first.max_attn_len, with_pos=kw.get("pos_weight") is not None,
-            with_time=kw.get("time_weight") is not None,
+            with_time=kw.get("time_weight") is not None, head_segments=head_segments,
         )
 
     def forward_padded(

@@ -14,7 +14,7 @@ BOUNDARIES = torch.tensor([30, 600, 86400, 10**7])
 
 
 def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype=torch.float64, span=10**6,
-                with_query=False, return_plan=False, block_rows=None):
+                with_query=False, return_plan=False, block_rows=None, times="sorted"):
     g = torch.Generator().manual_seed(seed)
     offsets = lengths_to_offsets(torch.tensor(lengths))
     L, H, d = sum(lengths), 2, 4
@@ -22,7 +22,11 @@ def op_and_plan(lengths, targets, max_attn_len, with_pos, with_time, seed, dtype
     pos = torch.randn(1, 2 * MAX_SEQ_LEN - 1, generator=g, dtype=dtype).requires_grad_() if with_pos else None
     tw = torch.randn(1, len(BOUNDARIES) + 1, generator=g, dtype=dtype).requires_grad_() if with_time else None
     ts = torch.sort(torch.randint(0, span, (L,), generator=g)).values if with_time else None
+    if with_time and times == "shuffled":
+        ts = ts[torch.randperm(L, generator=g)]
     qts = ts + torch.randint(0, 3 * span, (L,), generator=g) if with_time and with_query else None
+    if with_time and times == "early_queries":  # some queries before their own event
+        qts = (ts + torch.randint(-span, span, (L,), generator=g)).clamp(min=0)
     nt = torch.tensor(targets) if targets is not None else None
     kw = dict(alpha=0.7, pos_weight=pos, time_weight=tw)
     ref = hstu_attention(q, k, v, offsets, MAX_SEQ_LEN, timestamps=ts, query_timestamps=qts,
@@ -67,6 +71,26 @@ def test_plan_matches_op_outputs_and_gradients(case, with_query, block_rows):
     got = torch.autograd.grad(out, leaves, grad)
     for name, w, g in zip("q k v pos time".split(), want, got):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("times", ["shuffled", "early_queries"])
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_plan_times_out_of_order_take_the_general_buckets(case, times):
+    # the bucket count by search needs keys in time order and queries at or after their event; anything else
+    # takes bucketize, with the same meaning
+    lengths, targets, window, with_pos, with_time = CASES[case]
+    ref, out, leaves, plan, _ = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case,
+                                            with_query=True, return_plan=True, block_rows=4, times=times)
+    assert not plan.times_in_order
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(ref)
+    for w, g in zip(torch.autograd.grad(ref, leaves, grad), torch.autograd.grad(out, leaves, grad)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_plan_sorted_times_count_buckets():
+    _, _, _, plan, _ = op_and_plan(*CASES[0], seed=0, with_query=True, return_plan=True)
+    assert plan.times_in_order
 
 
 def test_plan_int32_timestamps_and_large_spans_agree():
