@@ -95,6 +95,20 @@ class HSTUBlock(nn.Module):
         heads = (*x.shape[:-1], self.num_heads, self.dim // self.num_heads)
         return u, v.reshape(heads), q.reshape(heads), k.reshape(heads)
 
+    def _project_parts(self, x: torch.Tensor, parts: str):
+        """``project``'s outputs named by ``parts`` ("vk" or "uq") only, each ``[..., D]`` (v, k as ``[..., H, D / H]``):
+        the rows that only serve as keys need no u or q, and the rows that only query no k or v."""
+        D = self.dim
+        h = x if self.input_norm is None else self.input_norm(x)
+        pick = [{"u": 0, "v": 1, "q": 2, "k": 3}[c] for c in parts]
+        w = self.uvqk.weight.view(4, D, D)[pick].reshape(2 * D, D)
+        b = self.uvqk.bias.view(4, D)[pick].reshape(2 * D)
+        first, second = F.silu(F.linear(h, w, b)).chunk(2, dim=-1)
+        if parts == "vk":
+            heads = (*x.shape[:-1], self.num_heads, D // self.num_heads)
+            return first.reshape(heads), second.reshape(heads)
+        return first, second
+
     def _attn_kwargs(self, timestamps):
         kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len}
         if self.attn_bias in ("both", "position"):
@@ -181,9 +195,11 @@ class HSTUBlock(nn.Module):
         otherwise the whole block runs and the rows are picked from it."""
         if not self._uses_plan(plan):
             return self.forward(x, seq_offsets, timestamps, num_targets, check, plan, query_timestamps)[rows]
-        u, v, q, k = self.project(x)
-        attn = plan.attention_rows(q[rows], k, v, rows, **self._plan_tables(self._attn_kwargs(timestamps)))
-        return self.finish(x[rows], u[rows], attn)
+        v, k = self._project_parts(x, "vk")
+        u, q = self._project_parts(x[rows], "uq")
+        q = q.reshape(*q.shape[:-1], self.num_heads, self.dim // self.num_heads)
+        attn = plan.attention_rows(q, k, v, rows, **self._plan_tables(self._attn_kwargs(timestamps)))
+        return self.finish(x[rows], u, attn)
 
     def forward_partial(
         self,
@@ -206,11 +222,16 @@ class HSTUBlock(nn.Module):
         if not self._uses_plan(plan):
             y = self.forward(x, seq_offsets, timestamps, num_targets, False, plan, query_timestamps)
             return y.new_zeros(x.shape).index_copy(0, idx, y.index_select(0, idx))
-        u, v, q, k = self.project(x)
+        # the dense rows need all of u, v, q, k; the others serve as keys (v, k), and only ``rows`` query (u, q)
+        u_d, v_d, q_d, k_d = self.project(x[:n])
+        v_r, k_r = self._project_parts(x[n:], "vk")
+        u_s, q_s = self._project_parts(x.index_select(0, rows), "uq")
+        k, v = torch.cat([k_d, k_r]), torch.cat([v_d, v_r])
+        q_s = q_s.reshape(*q_s.shape[:-1], self.num_heads, self.dim // self.num_heads)
         tables = self._plan_tables(self._attn_kwargs(timestamps))
-        dense = plan.head(dense_segments, n).attention(q[:n], k[:n], v[:n], **tables)
-        sparse = plan.attention_rows(q[rows], k, v, rows, **tables)
-        y = self.finish(x.index_select(0, idx), u.index_select(0, idx), torch.cat([dense, sparse]))
+        dense = plan.head(dense_segments, n).attention(q_d, k_d, v_d, **tables)
+        sparse = plan.attention_rows(q_s, k, v, rows, **tables)
+        y = self.finish(x.index_select(0, idx), torch.cat([u_d, u_s]), torch.cat([dense, sparse]))
         return y.new_zeros(x.shape).index_copy(0, idx, y)
 
     def forward_cached(
