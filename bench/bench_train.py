@@ -5,9 +5,12 @@ batches; after draws other dropout masks, so its metrics differ by that noise on
 Variants (each a full ``hstu.train.train`` run of ``--epochs`` epochs from the same seed, in this order):
 
     before   every block calls the op (``hstu_attention(backend="torch")``: mask, positions, time buckets
-             recomputed per block and direction); validation batches in user order; ``F.dropout``
-    plan     one ``hstu.attention_plan.AttentionPlan`` per batch shared by the blocks; validation batches of
-             users of similar length
+             recomputed per block and direction, over the whole padded square); validation batches in user
+             order; ``F.dropout``; the retrieval loss's ``torch.logsumexp``
+    plan     one ``hstu.attention_plan.AttentionPlan`` per batch shared by the blocks (segments longest first,
+             blocks of query rows over the lower triangle only, the mask folded into an int32 table index, a
+             hand-written backward: ``hstu.blocked_attention``); validation batches of users of similar length;
+             the retrieval loss's bounded logsumexp (``hstu.products_lse``)
     after    plan + ``hstu.dropout``'s integer-draw CPU mask instead of ``bernoulli_`` + the last block
              computing only the rows the losses read (``hstu.train.SKIP_UNUSED_ROWS``; the defaults of
              ``hstu train``)
@@ -62,12 +65,12 @@ def parse_args(argv=None):
 
 def run_variant(name, args, work_dir):
     """Train one variant; returns its epoch log records."""
-    from hstu import dropout, evaluate
+    from hstu import dropout, evaluate, products_lse
     from hstu import train as train_module
     from hstu.encoder import HSTUEncoder
     from hstu.train import TrainConfig, train
 
-    HSTUEncoder.use_plan = evaluate.SORT_BY_LENGTH = name != "before"
+    HSTUEncoder.use_plan = evaluate.SORT_BY_LENGTH = products_lse.FAST = name != "before"
     dropout.FAST_CPU = train_module.SKIP_UNUSED_ROWS = name == "after"
     out_dir = Path(work_dir) / name
     cfg = TrainConfig(data_dir=args.data_dir, output_dir=str(out_dir), epochs=args.epochs, batch_size=args.batch_size,
@@ -77,6 +80,7 @@ def run_variant(name, args, work_dir):
         train(cfg, log=lambda msg: print(f"  [{name}] {msg}", flush=True))
     finally:
         HSTUEncoder.use_plan = evaluate.SORT_BY_LENGTH = dropout.FAST_CPU = train_module.SKIP_UNUSED_ROWS = True
+        products_lse.FAST = True
     lines = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines() if x.strip()]
     return [r for r in lines if "epoch" in r and "seconds" in r]
 

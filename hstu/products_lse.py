@@ -14,6 +14,8 @@ import torch
 
 # exp(s - bound) for s in [-bound, bound] stays a normal float32 down to 2 * bound = 80 (e^-80 ~ 1.8e-35)
 MAX_SPAN = 80.0
+# False: always torch.logsumexp of the products (bench/bench_train.py's "before")
+FAST = True
 
 
 class _ProductsLogSumExp(torch.autograd.Function):
@@ -39,6 +41,6 @@ def products_logsumexp(u: torch.Tensor, items: torch.Tensor, bound: Optional[flo
     temperature), which makes it the fast path when ``2 * bound <= MAX_SPAN``; None or larger: ``torch.logsumexp``
     of the products. A bound that does not hold gives wrong values (overflow to inf), so pass only a proven one.
     """
-    if bound is None or not 0 < 2 * bound <= MAX_SPAN or items.shape[1] == 0:
+    if not FAST or bound is None or not 0 < 2 * bound <= MAX_SPAN or items.shape[1] == 0:
         return torch.logsumexp(torch.bmm(u, items.transpose(1, 2)), dim=-1)
     return _ProductsLogSumExp.apply(u, items, float(bound))
