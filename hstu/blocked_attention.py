@@ -39,6 +39,21 @@ def _gather(table: torch.Tensor, index: torch.Tensor, H: int) -> torch.Tensor:
     return bias.transpose(0, 1).expand(B, H, c, K).contiguous().view(B * H, c, K)
 
 
+def _attend(q3, k3, v3, table, blocks, H: int, alpha: float, keep: bool):
+    """The forward over the blocks: ``q3 [B H, Nq, d]``, ``k3 [B H, Nk, d]``, ``v3`` (already scaled) ->
+    (``[B H, Nq, dv]``, the blocks' ``(scores, activations)`` when ``keep``, else None: SiLU then runs in place)."""
+    out = q3.new_zeros(q3.shape[0], q3.shape[1], v3.shape[2])
+    saved = [] if keep else None
+    for s0, s1, r0, r1, index in blocks:
+        K, bh = index.shape[2], slice(s0 * H, s1 * H)
+        s = _gather(table, index, H).baddbmm_(q3[bh, r0:r1], k3[bh, :K].transpose(1, 2), alpha=alpha)
+        a = F.silu(s) if keep else F.silu(s, inplace=True)
+        out[bh, r0:r1] = torch.bmm(a, v3[bh, :K])
+        if keep:
+            saved.append((s, a))
+    return out, saved
+
+
 class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, blocks, alpha, scale):
@@ -46,14 +61,7 @@ class _BlockedAttention(torch.autograd.Function):
         Nk, dv = k.shape[2], v.shape[-1]
         q3, k3 = q.reshape(B * H, Nq, d), k.reshape(B * H, Nk, d)
         v3 = v.reshape(B * H, Nk, dv) * scale
-        out = q.new_zeros(B * H, Nq, dv)
-        saved = []
-        for s0, s1, r0, r1, index in blocks:
-            K, bh = index.shape[2], slice(s0 * H, s1 * H)
-            s = _gather(table, index, H).baddbmm_(q3[bh, r0:r1], k3[bh, :K].transpose(1, 2), alpha=alpha)
-            a = F.silu(s)
-            out[bh, r0:r1] = torch.bmm(a, v3[bh, :K])
-            saved.append((s, a))
+        out, saved = _attend(q3, k3, v3, table, blocks, H, alpha, keep=True)
         ctx.blocks, ctx.saved, ctx.alpha, ctx.scale = blocks, saved, alpha, scale
         ctx.shapes = (B, H, Nq, Nk, d, dv, table.shape)
         ctx.save_for_backward(q3, k3, v3)
@@ -75,7 +83,8 @@ class _BlockedAttention(torch.autograd.Function):
             dq[bh, r0:r1] = torch.bmm(ds, k3[bh, :K])
             dk[bh, :K] += torch.bmm(ds.transpose(1, 2), q3[bh, r0:r1])
             per_head = ds.view(s1 - s0, H, r1 - r0, K)
-            per_head = per_head.sum(1, keepdim=True) if Hb == 1 else per_head
+            if Hb == 1 and H > 1:
+                per_head = per_head.sum(1, keepdim=True)
             dtable += _table_grad(index, per_head.transpose(0, 1), E)
         ctx.saved = None
         return (dq.mul_(ctx.alpha).view(B, H, Nq, d), dk.mul_(ctx.alpha).view(B, H, Nk, d),
@@ -97,7 +106,13 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: 
     Returns:
         ``[B, H, Nq, dv]``; differentiable in q, k, v and the table.
     """
-    return _BlockedAttention.apply(q, k, v, table, blocks, alpha, scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, table)):
+        return _BlockedAttention.apply(q, k, v, table, blocks, alpha, scale)
+    B, H, Nq, d = q.shape
+    Nk, dv = k.shape[2], v.shape[-1]
+    out, _ = _attend(q.reshape(B * H, Nq, d), k.reshape(B * H, Nk, d), v.reshape(B * H, Nk, dv) * scale, table,
+                     blocks, H, alpha, keep=False)
+    return out.view(B, H, Nq, dv)
 
 
 def blocked_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor,

@@ -256,3 +256,45 @@ def test_plan_float32_mask_entry_matches_the_op():
     for name, a, b in zip("q k v pos".split(), got, want):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("block_rows", [None, 3])
+def test_plan_head_segments_sort_each_group_and_head_is_the_first_group(block_rows):
+    # the padded layout holds the first head_segments segments longest first, then the others: the outputs are
+    # the op's whatever the order, and head() attends the first group alone
+    lengths, targets = [5, 0, 12, 1, 7, 9], [2, 0, 3, 1, 0, 4]
+    g = torch.Generator().manual_seed(11)
+    offsets = lengths_to_offsets(torch.tensor(lengths))
+    L = sum(lengths)
+    q, k, v = (torch.randn(L, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ts = torch.sort(torch.randint(0, 10**6, (L,), generator=g)).values
+    pos = torch.randn(1, 2 * MAX_SEQ_LEN - 1, generator=g, dtype=torch.float64)
+    tw = torch.randn(1, len(BOUNDARIES) + 1, generator=g, dtype=torch.float64)
+    nt = torch.tensor(targets)
+    kw = dict(pos_weight=pos, time_weight=tw)
+    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, 12, timestamps=ts, time_boundaries=BOUNDARIES, num_targets=nt,
+                               head_segments=3, block_rows=block_rows)
+    ref = hstu_attention(q, k, v, offsets, MAX_SEQ_LEN, timestamps=ts, time_boundaries=BOUNDARIES, num_targets=nt,
+                         backend="torch", **kw)
+    torch.testing.assert_close(plan.attention(q, k, v, **kw), ref, rtol=1e-10, atol=1e-12)
+    n = sum(lengths[:3])
+    head = plan.head(3, n)
+    torch.testing.assert_close(head.attention(q[:n], k[:n], v[:n], **kw), ref[:n], rtol=1e-10, atol=1e-12)
+    assert plan.head(6, L) is plan
+    with pytest.raises(ValueError, match="head_segments=3"):
+        plan.head(2, 5)
+    with pytest.raises(ValueError, match="head_segments must lie"):
+        AttentionPlan.build(offsets, MAX_SEQ_LEN, 12, head_segments=7)
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_plan_without_autograd_matches_with_it(case):
+    # evaluation: no graph, SiLU in place; the same outputs (all rows and single rows) as the autograd path
+    lengths, targets, window, with_pos, with_time = CASES[case]
+    ref, out, leaves, plan, kw = op_and_plan(lengths, targets, window, with_pos, with_time, seed=case,
+                                             with_query=True, return_plan=True, block_rows=4)
+    q, k, v = leaves[:3]
+    rows = torch.tensor([0, ref.shape[0] - 1, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(plan.attention(q, k, v, **kw), ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(plan.attention_rows(q[rows], k, v, rows, **kw), ref[rows], rtol=1e-10, atol=1e-12)
