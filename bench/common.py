@@ -60,6 +60,13 @@ def device_name(torch, device):
     return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def _cpu_capability(torch):
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def env_header(torch, device):
     """The first keys of every results header: device, capability, torch / triton / CUDA / Python versions, the
     git commit and the date. triton is None where it is not installed."""
@@ -72,7 +79,9 @@ def env_header(torch, device):
         triton_version = None
     return dict(
         device=device_name(torch, device), device_type=device.type,
-        capability=".".join(map(str, torch.cuda.get_device_capability(device))) if on_cuda else None,
+        # on a CPU, the vector ISA torch's kernels use (AVX2, AVX512...): CPU timings compare only within one
+        capability=(".".join(map(str, torch.cuda.get_device_capability(device))) if on_cuda
+                    else _cpu_capability(torch)),
         torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda if on_cuda else None,
         python=platform.python_version(), commit=git_commit(),
         date=datetime.datetime.now().isoformat(timespec="seconds"),
