@@ -123,7 +123,7 @@ class AttentionPlan:
             bounds = time_boundaries.to(torch.int64)
             # times in order within each segment, and every query at or after its own event: then each query
             # row's gaps fall along the keys, and its buckets are counted from one search per boundary
-            starts = torch.zeros(L + 1, dtype=torch.bool, device=device).index_fill_(0, seq_offsets[:-1], True)
+            starts = torch.zeros(L + 1, dtype=torch.bool, device=device).index_fill_(0, seq_offsets[:-1].long(), True)
             in_order = ((tj[1:] >= tj[:-1]) | starts[1:L]).all() & (qj >= tj).all()
             # one host sync for both
             span = torch.maximum(ts.abs().max(), qts.abs().max()) if ts.numel() else ts.new_tensor(2**30)
@@ -221,7 +221,7 @@ class AttentionPlan:
         if (pos_weight is not None) != self.with_pos or (time_weight is not None) != self.with_time:
             raise ValueError("AttentionPlan: the block's bias tables differ from the ones the plan was built for")
         given = [w for w in (pos_weight, time_weight) if w is not None]
-        hb = given[0].shape[0] if given else 1
+        hb = max((w.shape[0] for w in given), default=1)  # a shared table broadcasts over per-head ones
         device = self.pq.device
         pos = pos_weight.to(dtype) if self.with_pos else torch.zeros(hb, 2 * self.max_seq_len - 1, dtype=dtype,
                                                                      device=device)

@@ -86,7 +86,6 @@ class _BlockedAttention(torch.autograd.Function):
             if Hb == 1 and H > 1:
                 per_head = per_head.sum(1, keepdim=True)
             dtable += _table_grad(index, per_head.transpose(0, 1), E)
-        ctx.saved = None
         return (dq.mul_(ctx.alpha).view(B, H, Nq, d), dk.mul_(ctx.alpha).view(B, H, Nk, d),
                 dvv.mul_(ctx.scale).view(B, H, Nk, dv), dtable, None, None, None)
 

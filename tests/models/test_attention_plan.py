@@ -298,3 +298,29 @@ def test_plan_without_autograd_matches_with_it(case):
     with torch.no_grad():
         torch.testing.assert_close(plan.attention(q, k, v, **kw), ref, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(plan.attention_rows(q[rows], k, v, rows, **kw), ref[rows], rtol=1e-10, atol=1e-12)
+
+
+def test_plan_int32_offsets_mixed_head_tables_and_a_retained_graph():
+    # int32 offsets (the op takes them), a shared position table beside a per-head time table, and two
+    # backward passes through one retained graph: all as the op
+    g = torch.Generator().manual_seed(5)
+    lengths = [4, 0, 9, 1]
+    offsets = lengths_to_offsets(torch.tensor(lengths)).to(torch.int32)
+    L, H = sum(lengths), 2
+    q, k, v = (torch.randn(L, H, 4, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    ts = torch.sort(torch.randint(0, 10**6, (L,), generator=g)).values
+    pos = torch.randn(1, 2 * MAX_SEQ_LEN - 1, generator=g, dtype=torch.float64).requires_grad_()
+    tw = torch.randn(H, len(BOUNDARIES) + 1, generator=g, dtype=torch.float64).requires_grad_()
+    kw = dict(pos_weight=pos, time_weight=tw)
+    ref = hstu_attention(q, k, v, offsets, MAX_SEQ_LEN, timestamps=ts, time_boundaries=BOUNDARIES,
+                         backend="torch", **kw)
+    plan = AttentionPlan.build(offsets, MAX_SEQ_LEN, 9, timestamps=ts, time_boundaries=BOUNDARIES, block_rows=4)
+    out = plan.attention(q, k, v, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    leaves = (q, k, v, pos, tw)
+    want = torch.autograd.grad(ref.sum(), leaves)
+    first = torch.autograd.grad(out.sum(), leaves, retain_graph=True)
+    second = torch.autograd.grad(out.sum(), leaves)
+    for w, a, b in zip(want, first, second):
+        torch.testing.assert_close(a, w, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
