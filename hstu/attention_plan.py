@@ -18,6 +18,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from hstu_kernels import hstu_positions_padded
+
 from .blocked_attention import MASKED_BIAS, blocked_attention, blocked_attention_rows
 
 
@@ -43,8 +45,9 @@ class AttentionPlan:
 
     ``rows [L]``: each jagged row's index in the padded ``[B * N]`` layout (whose slots hold the segments longest
     first, see ``build``). ``blocks``: ``(s0, s1, r0, r1, index)`` with ``index [s1 - s0, r1 - r0, r1]`` int32:
-    slots ``[s0, s1)``, query rows ``[r0, r1)`` against keys ``[0, r1)``, into the flattened ``[(2 * max_seq_len - 1) * num_buckets + 1]`` table
-    (``rel * num_buckets + bucket``; ``num_buckets`` is 1 without time bias; the last entry is the masked pair).
+    slots ``[s0, s1)``, query rows ``[r0, r1)`` against keys ``[0, r1)``, into the flattened
+    ``[(2 * max_seq_len - 1) * num_buckets + 1]`` table (``rel * num_buckets + bucket``; ``num_buckets`` is 1
+    without time bias; the last entry is the masked pair).
     ``pq, pk [B, N]`` int32: the encoded query and key positions ``index`` is computed from (padded rows and
     keys encoded so that they are masked), ``qts, ts [B, N]`` the rebased query and key times (None without time
     bias), ``pad [B, N]`` bool: padded tokens.
@@ -54,7 +57,7 @@ class AttentionPlan:
     batch: int
     max_len: int
     max_seq_len: int
-    blocks: List[Tuple[int, int, torch.Tensor]]
+    blocks: List[Tuple[int, int, int, int, torch.Tensor]]
     pq: torch.Tensor
     pk: torch.Tensor
     qts: Optional[torch.Tensor]
@@ -99,14 +102,13 @@ class AttentionPlan:
         slot_of = torch.empty_like(order).index_copy_(0, order, torch.arange(B, device=device))
         L = int(host[-1])
         seg = torch.repeat_interleave(torch.arange(B, device=device), lengths, output_size=L)
-        rows = slot_of.index_select(0, seg) * N + torch.arange(L, device=device) - seq_offsets[:-1].index_select(0, seg)
+        local = torch.arange(L, device=device) - seq_offsets[:-1].index_select(0, seg)
+        rows = slot_of.index_select(0, seg) * N + local
         ar = torch.arange(N, device=device)
         tok = ar[None, :] < slot_len[:, None]
         with_time = with_time and timestamps is not None
         nb = len(time_boundaries) + 1 if with_time else 1
-        # the op's positions: a target sits at the first target's position
-        u = slot_len if num_targets is None else slot_len - num_targets.to(lengths.dtype).index_select(0, order)
-        p = torch.minimum(ar[None, :], u[:, None])
+        p = hstu_positions_padded(slot_len, N, None if num_targets is None else num_targets.index_select(0, order))
         # pq - pk = (p_i - p_j + M - 1) * nb: the relative-position entry; a pair is valid when p_j < p_i (and
         # within the window), and the encodings of padded queries (-N - 1) and keys (2M) are never valid
         pq = ((torch.where(tok, p, -N - 1) + M - 1) * nb).to(torch.int32)
@@ -123,7 +125,8 @@ class AttentionPlan:
             bounds = time_boundaries.to(torch.int64)
             # times in order within each segment, and every query at or after its own event: then each query
             # row's gaps fall along the keys, and its buckets are counted from one search per boundary
-            starts = torch.zeros(L + 1, dtype=torch.bool, device=device).index_fill_(0, seq_offsets[:-1].long(), True)
+            starts = torch.zeros(L + 1, dtype=torch.bool, device=device)
+            starts.index_fill_(0, seq_offsets[:-1].long(), True)
             in_order = ((tj[1:] >= tj[:-1]) | starts[1:L]).all() & (qj >= tj).all()
             # one host sync for both
             span = torch.maximum(ts.abs().max(), qts.abs().max()) if ts.numel() else ts.new_tensor(2**30)

@@ -88,26 +88,20 @@ class HSTUBlock(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = Dropout(dropout)
 
-    def project(self, x: torch.Tensor):
-        """``x [..., D]`` -> ``u [..., D]`` and ``v, q, k [..., H, D / H]``: the block's pointwise projection."""
-        h = x if self.input_norm is None else self.input_norm(x)
-        u, v, q, k = F.silu(self.uvqk(h)).chunk(4, dim=-1)
-        heads = (*x.shape[:-1], self.num_heads, self.dim // self.num_heads)
-        return u, v.reshape(heads), q.reshape(heads), k.reshape(heads)
-
-    def _project_parts(self, x: torch.Tensor, parts: str):
-        """``project``'s outputs named by ``parts`` ("vk" or "uq") only, each ``[..., D]`` (v, k as ``[..., H, D / H]``):
-        the rows that only serve as keys need no u or q, and the rows that only query no k or v."""
+    def project(self, x: torch.Tensor, parts: str = "uvqk"):
+        """``x [..., D]`` -> ``u [..., D]`` and ``v, q, k [..., H, D / H]``: the block's pointwise projection,
+        or only the ``parts`` named (e.g. "vk": rows that serve only as keys need no u or q)."""
         D = self.dim
         h = x if self.input_norm is None else self.input_norm(x)
-        pick = [{"u": 0, "v": 1, "q": 2, "k": 3}[c] for c in parts]
-        w = self.uvqk.weight.view(4, D, D)[pick].reshape(2 * D, D)
-        b = self.uvqk.bias.view(4, D)[pick].reshape(2 * D)
-        first, second = F.silu(F.linear(h, w, b)).chunk(2, dim=-1)
-        if parts == "vk":
-            heads = (*x.shape[:-1], self.num_heads, D // self.num_heads)
-            return first.reshape(heads), second.reshape(heads)
-        return first, second
+        if parts == "uvqk":
+            y = self.uvqk(h)
+        else:
+            pick = ["uvqk".index(c) for c in parts]
+            y = F.linear(h, self.uvqk.weight.view(4, D, D)[pick].reshape(-1, D),
+                         self.uvqk.bias.view(4, D)[pick].reshape(-1))
+        heads = (*x.shape[:-1], self.num_heads, D // self.num_heads)
+        chunks = F.silu(y).chunk(len(parts), dim=-1)
+        return tuple(t if c == "u" else t.reshape(heads) for c, t in zip(parts, chunks))
 
     def _attn_kwargs(self, timestamps):
         kw = {"alpha": self.alpha, "max_attn_len": self.max_attn_len}
@@ -195,9 +189,8 @@ class HSTUBlock(nn.Module):
         otherwise the whole block runs and the rows are picked from it."""
         if not self._uses_plan(plan):
             return self.forward(x, seq_offsets, timestamps, num_targets, check, plan, query_timestamps)[rows]
-        v, k = self._project_parts(x, "vk")
-        u, q = self._project_parts(x[rows], "uq")
-        q = q.reshape(*q.shape[:-1], self.num_heads, self.dim // self.num_heads)
+        v, k = self.project(x, "vk")
+        u, q = self.project(x[rows], "uq")
         attn = plan.attention_rows(q, k, v, rows, **self._plan_tables(self._attn_kwargs(timestamps)))
         return self.finish(x[rows], u, attn)
 
@@ -224,10 +217,9 @@ class HSTUBlock(nn.Module):
             return y.new_zeros(x.shape).index_copy(0, idx, y.index_select(0, idx))
         # the dense rows need all of u, v, q, k; the others serve as keys (v, k), and only ``rows`` query (u, q)
         u_d, v_d, q_d, k_d = self.project(x[:n])
-        v_r, k_r = self._project_parts(x[n:], "vk")
-        u_s, q_s = self._project_parts(x.index_select(0, rows), "uq")
+        v_r, k_r = self.project(x[n:], "vk")
+        u_s, q_s = self.project(x.index_select(0, rows), "uq")
         k, v = torch.cat([k_d, k_r]), torch.cat([v_d, v_r])
-        q_s = q_s.reshape(*q_s.shape[:-1], self.num_heads, self.dim // self.num_heads)
         tables = self._plan_tables(self._attn_kwargs(timestamps))
         dense = plan.head(dense_segments, n).attention(q_d, k_d, v_d, **tables)
         sparse = plan.attention_rows(q_s, k, v, rows, **tables)

@@ -13,19 +13,12 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
+from hstu_kernels import bias_table_grad
+
+from .jagged import group_slots
+
 # the bias of a masked pair: far below any score, finite in float32
 MASKED_BIAS = -1e30
-
-
-def _table_grad(index: torch.Tensor, grad: torch.Tensor, entries: int) -> torch.Tensor:
-    """``sum`` of ``grad [Hb, ...]`` per entry of ``index [...]`` -> ``[Hb, entries]``, without atomics on the CPU
-    (a histogram) or on the GPU (``embedding_dense_backward`` sorts)."""
-    Hb = grad.shape[0]
-    flat = index.reshape(-1)
-    if grad.is_cuda:
-        g = grad.reshape(Hb, -1).t().contiguous()
-        return torch.ops.aten.embedding_dense_backward(g, flat.long(), entries, -1, False).t()
-    return torch.stack([torch.bincount(flat, grad[h].reshape(-1), minlength=entries) for h in range(Hb)])
 
 
 def _gather(table: torch.Tensor, index: torch.Tensor, H: int) -> torch.Tensor:
@@ -39,10 +32,15 @@ def _gather(table: torch.Tensor, index: torch.Tensor, H: int) -> torch.Tensor:
     return bias.transpose(0, 1).expand(B, H, c, K).contiguous().view(B * H, c, K)
 
 
-def _attend(q3, k3, v3, table, blocks, H: int, alpha: float, keep: bool):
-    """The forward over the blocks: ``q3 [B H, Nq, d]``, ``k3 [B H, Nk, d]``, ``v3`` (already scaled) ->
-    (``[B H, Nq, dv]``, the blocks' ``(scores, activations)`` when ``keep``, else None: SiLU then runs in place)."""
-    out = q3.new_zeros(q3.shape[0], q3.shape[1], v3.shape[2])
+def _attend(q, k, v, table, blocks, alpha: float, scale: float, keep: bool):
+    """The forward over the blocks: ``q [B, H, Nq, d]``, ``k, v [B, H, Nk, d]`` -> (``out [B, H, Nq, dv]``, the
+    blocks' ``(scores, activations)`` when ``keep``, else None: SiLU then runs in place, and the
+    ``[B H, ., .]`` views of q, k and ``scale * v`` the blocks read)."""
+    B, H, Nq, d = q.shape
+    Nk, dv = k.shape[2], v.shape[-1]
+    q3, k3 = q.reshape(B * H, Nq, d), k.reshape(B * H, Nk, d)
+    v3 = v.reshape(B * H, Nk, dv) * scale
+    out = q3.new_zeros(B * H, Nq, dv)
     saved = [] if keep else None
     for s0, s1, r0, r1, index in blocks:
         K, bh = index.shape[2], slice(s0 * H, s1 * H)
@@ -51,21 +49,17 @@ def _attend(q3, k3, v3, table, blocks, H: int, alpha: float, keep: bool):
         out[bh, r0:r1] = torch.bmm(a, v3[bh, :K])
         if keep:
             saved.append((s, a))
-    return out, saved
+    return out.view(B, H, Nq, dv), saved, (q3, k3, v3)
 
 
 class _BlockedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, blocks, alpha, scale):
-        B, H, Nq, d = q.shape
-        Nk, dv = k.shape[2], v.shape[-1]
-        q3, k3 = q.reshape(B * H, Nq, d), k.reshape(B * H, Nk, d)
-        v3 = v.reshape(B * H, Nk, dv) * scale
-        out, saved = _attend(q3, k3, v3, table, blocks, H, alpha, keep=True)
+        out, saved, views = _attend(q, k, v, table, blocks, alpha, scale, keep=True)
         ctx.blocks, ctx.saved, ctx.alpha, ctx.scale = blocks, saved, alpha, scale
-        ctx.shapes = (B, H, Nq, Nk, d, dv, table.shape)
-        ctx.save_for_backward(q3, k3, v3)
-        return out.view(B, H, Nq, dv)
+        ctx.shapes = (*q.shape[:3], k.shape[2], q.shape[3], v.shape[3], table.shape)
+        ctx.save_for_backward(*views)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -85,7 +79,7 @@ class _BlockedAttention(torch.autograd.Function):
             per_head = ds.view(s1 - s0, H, r1 - r0, K)
             if Hb == 1 and H > 1:
                 per_head = per_head.sum(1, keepdim=True)
-            dtable += _table_grad(index, per_head.transpose(0, 1), E)
+            dtable += bias_table_grad(index, per_head.transpose(0, 1), E)
         return (dq.mul_(ctx.alpha).view(B, H, Nq, d), dk.mul_(ctx.alpha).view(B, H, Nk, d),
                 dvv.mul_(ctx.scale).view(B, H, Nk, dv), dtable, None, None, None)
 
@@ -107,11 +101,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: 
     """
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, table)):
         return _BlockedAttention.apply(q, k, v, table, blocks, alpha, scale)
-    B, H, Nq, d = q.shape
-    Nk, dv = k.shape[2], v.shape[-1]
-    out, _ = _attend(q.reshape(B * H, Nq, d), k.reshape(B * H, Nk, d), v.reshape(B * H, Nk, dv) * scale, table,
-                     blocks, H, alpha, keep=False)
-    return out.view(B, H, Nq, dv)
+    return _attend(q, k, v, table, blocks, alpha, scale, keep=False)[0]
 
 
 def blocked_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
@@ -125,15 +115,9 @@ def blocked_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b:
     scatter-add as large.
     """
     B, H, N, d = k.shape
-    R = q.shape[0]
-    if R == 0:
+    if q.shape[0] == 0:
         return q.new_zeros(0, H, v.shape[-1])
-    order = torch.argsort(b, stable=True)
-    counts = torch.bincount(b, minlength=B)
-    sorted_b = b.index_select(0, order)
-    slot_sorted = torch.arange(R, device=b.device) - (counts.cumsum(0) - counts).index_select(0, sorted_b)
-    W = int(counts.max())
-    at = torch.empty_like(order).index_copy_(0, order, sorted_b * W + slot_sorted)  # each row's padded slot
+    at, W = group_slots(b, B)  # each row's slot in the [B, W] layout
     masked = table.shape[1] - 1
     padded_index = index.new_full((B * W, N), masked).index_copy_(0, at, index).view(B, W, N)
     qp = q.new_zeros(B * W, H, d).index_copy(0, at, q).view(B, W, H, d).transpose(1, 2)

@@ -5,7 +5,7 @@ import torch
 from hstu_kernels import jagged_to_padded
 
 __all__ = ["lengths_to_offsets", "jagged_to_padded", "padded_to_jagged", "segment_ids", "check_offsets",
-           "inverse_positions"]
+           "inverse_positions", "group_slots"]
 
 
 def lengths_to_offsets(lengths: torch.Tensor) -> torch.Tensor:
@@ -46,3 +46,18 @@ def inverse_positions(offsets: torch.Tensor, total: int, num_targets=None) -> to
     history_end = offsets[1:] if num_targets is None else offsets[1:] - num_targets.to(torch.int64)
     dist = history_end[seg] - torch.arange(total, device=offsets.device)
     return dist.clamp(min=0)
+
+
+def group_slots(groups: torch.Tensor, num_groups: int):
+    """Rows of ``groups [R]`` (int64 group ids, any order) laid out per group: ``(at [R], width)`` with ``at`` each
+    row's index in a ``[num_groups, width]`` layout (a group's rows in their order, from slot 0), ``width`` the
+    most rows of one group (0 when R = 0; one host sync)."""
+    R = groups.shape[0]
+    if R == 0:
+        return groups.new_zeros(0), 0
+    order = torch.argsort(groups, stable=True)
+    counts = torch.bincount(groups, minlength=num_groups)
+    sorted_groups = groups.index_select(0, order)
+    slot = torch.arange(R, device=groups.device) - (counts.cumsum(0) - counts).index_select(0, sorted_groups)
+    width = int(counts.max())
+    return torch.empty_like(order).index_copy_(0, order, sorted_groups * width + slot), width

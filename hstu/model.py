@@ -10,6 +10,7 @@ from torch import nn
 from .bias import TIME_BUCKETS
 from .config import ModelConfig, saved_model_fields
 from .encoder import HSTUEncoder
+from .jagged import group_slots
 from .kv_cache import KVCache
 from .products_lse import products_logsumexp
 
@@ -210,13 +211,10 @@ def _shared_negatives_lse(u: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor
     found = torch.searchsorted(keys, want).clamp_(max=keys.shape[0] - 1)
     hit = (keys.index_select(0, found) == want).nonzero().squeeze(1)
     if hit.shape[0]:
-        # scored again as one small [B', hits, D] x [B', D, K] product (the hits come in sequence order): a
-        # gather of their sequences' [hits, K, D] item vectors would cost a scatter-add as large in the backward
+        # scored again as one small [B', hits, D] x [B', D, K] product: a gather of their sequences' [hits, K, D]
+        # item vectors would cost a scatter-add as large in the backward
         hit_seq = seq.index_select(0, hit)
-        counts = torch.bincount(hit_seq, minlength=kept)
-        slot = torch.arange(hit.shape[0], device=u.device) - (counts.cumsum(0) - counts).index_select(0, hit_seq)
-        width = int(counts.max())
-        at_hit = hit_seq * width + slot
+        at_hit, width = group_slots(hit_seq, kept)
         u_hit = u.new_zeros(kept * width, u.shape[1]).index_copy(0, at_hit, u.index_select(0, hit))
         fixed = torch.bmm(u_hit.view(kept, width, -1), items.transpose(1, 2)).view(kept * width, K)
         fixed = fixed.index_select(0, at_hit)

@@ -225,6 +225,16 @@ def test_encoder_dense_segments_and_rows_match_the_full_forward(monkeypatch, use
         enc(items, actions, offsets, ts, targets, dense_segments=dense)
 
 
+def test_group_slots_lay_rows_out_per_group_in_order():
+    from hstu.jagged import group_slots
+
+    groups = torch.tensor([2, 0, 2, 2, 0, 3])
+    at, width = group_slots(groups, 4)
+    assert width == 3
+    assert at.tolist() == [6, 0, 7, 8, 1, 9]  # group 2's rows at 2 * 3 + 0, 1, 2 in their order
+    assert group_slots(torch.zeros(0, dtype=torch.long), 4)[1] == 0
+
+
 def test_row_blocks_tile_the_rows():
     for n in (0, 1, 7, 16, 17, 200, 203):
         for rows in (None, 1, 5, 64):

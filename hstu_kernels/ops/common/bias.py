@@ -22,14 +22,19 @@ class _TableLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (idx,) = ctx.saved_tensors
-        E, Hb = ctx.num_entries, grad.shape[0]
-        if grad.is_cuda:
-            g = grad.reshape(Hb, -1).t()
-            out = torch.ops.aten.embedding_dense_backward(g.contiguous(), idx.reshape(-1), E, -1, False).t()
-        else:
-            flat = idx.reshape(-1)
-            out = torch.stack([torch.bincount(flat, grad[h].reshape(-1), minlength=E) for h in range(Hb)])
-        return out.to(grad.dtype), None
+        return bias_table_grad(idx, grad, ctx.num_entries), None
+
+
+def bias_table_grad(idx: torch.Tensor, grad: torch.Tensor, entries: int) -> torch.Tensor:
+    """The gradient of a ``table [Hb, entries]`` read at ``idx [...]`` (int32/int64): ``grad [Hb, ...]`` summed per
+    entry -> ``[Hb, entries]`` in grad's dtype, a histogram on the CPU and a sort-based reduction on the GPU."""
+    Hb, flat = grad.shape[0], idx.reshape(-1)
+    if grad.is_cuda:
+        g = grad.reshape(Hb, -1).t().contiguous()
+        out = torch.ops.aten.embedding_dense_backward(g, flat.long(), entries, -1, False).t()
+    else:
+        out = torch.stack([torch.bincount(flat, grad[h].reshape(-1), minlength=entries) for h in range(Hb)])
+    return out.to(grad.dtype)
 
 
 def bias_lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

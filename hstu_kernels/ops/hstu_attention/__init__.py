@@ -4,6 +4,7 @@ from .checks import check_hstu_attention_args
 from .interface import BACKENDS, backend_reasons, choose_backend, fast_backends_available, fused_backend, hstu_attention
 from .naive import (
     hstu_mask_padded,
+    hstu_positions_padded,
     hstu_scores_padded,
     masked_product,
     naive_hstu_attention,
@@ -14,6 +15,6 @@ from .naive import (
 
 __all__ = [
     "hstu_attention", "naive_hstu_attention", "naive_hstu_attention_padded", "hstu_scores_padded", "masked_product", "run_on_padded",
-    "hstu_mask_padded", "relative_position_index", "check_hstu_attention_args", "BACKENDS", "backend_reasons", "choose_backend", "fused_backend",
+    "hstu_mask_padded", "hstu_positions_padded", "relative_position_index", "check_hstu_attention_args", "BACKENDS", "backend_reasons", "choose_backend", "fused_backend",
     "fast_backends_available",
 ]

@@ -103,6 +103,13 @@ def run_on_padded(padded_fn, q, k, v, seq_offsets, max_seq_len, *, timestamps=No
     return out[tok]
 
 
+def hstu_positions_padded(lengths: torch.Tensor, N: int, num_targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``p [B, N]``: each token's position in a padded batch of ``lengths [B]`` (targets all sit at the first
+    target's; padded tokens at the history length)."""
+    u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
+    return torch.minimum(torch.arange(N, device=lengths.device)[None, :], u[:, None])
+
+
 def hstu_mask_padded(lengths: torch.Tensor, N: int, *, num_targets: Optional[torch.Tensor] = None,
                      max_attn_len: int = 0):
     """The op's positions and mask on a padded batch of ``lengths [B]`` padded to ``N``.
@@ -113,8 +120,7 @@ def hstu_mask_padded(lengths: torch.Tensor, N: int, *, num_targets: Optional[tor
     """
     ar = torch.arange(N, device=lengths.device)
     tok = ar[None, :] < lengths[:, None]  # [B, N]
-    u = lengths if num_targets is None else lengths - num_targets.to(lengths.dtype)
-    p = torch.minimum(ar[None, :], u[:, None])  # [B, N]
+    p = hstu_positions_padded(lengths, N, num_targets)
     p_i, p_j = p[:, :, None], p[:, None, :]
     valid = p_j < p_i
     if max_attn_len > 0:
